@@ -1,0 +1,39 @@
+# Two commands from a fresh clone:  `make run` (execute the notebooks)  and  `make test` (the test suite).
+# Each creates the virtual environment from requirements.txt on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= quick
+ifneq ($(wildcard ../shared/data),)
+export METALIB_DATA_DIR ?= $(abspath ../shared/data)
+endif
+
+.PHONY: venv run test lab demo baselines clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name metalib --display-name "Python (metalib)" >/dev/null
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv            ## execute every notebook with papermill (quick profile) into output/
+	$(PY) -m metalib.notebooks run --profile $(PROFILE)
+
+test: venv           ## the whole test suite, notebook regression tests included
+	$(PY) -m pytest -q
+
+lab: venv            ## open the collection in JupyterLab with the project's kernel
+	$(VENV)/bin/jupyter lab notebooks/
+
+demo: venv           ## a short meta-train + evaluate demo without notebooks
+	$(PY) -m metalib.demo
+
+baselines: venv      ## re-record the notebook metric baselines in tests/baselines/
+	$(PY) -m metalib.notebooks run --profile quick --update-baselines
+
+clean:
+	rm -rf output/ .pytest_cache

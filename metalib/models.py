@@ -1,0 +1,117 @@
+"""Models used through ``torch.func.functional_call``: conv4 for Omniglot, an MLP for sinusoids.
+
+Every model is a plain ``nn.Module`` whose forward pass is a pure function of its parameters,
+so the same weights run per task or batched over tasks with ``vmap``.
+
+BatchNorm semantics (explicit, because they matter for few-shot results): ``TaskBatchNorm``
+always normalises with the statistics of the batch it is given and keeps no running averages,
+as in the MAML reference code. During adaptation that batch is a task's support set; on the
+query set it is the task's query set ("transductive" batch norm). Evaluation output reports it
+as ``batchnorm="transductive"``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["TaskBatchNorm", "Conv4", "MLP", "conv4", "mlp", "split_body_head", "BATCHNORM_MODE"]
+
+BATCHNORM_MODE = "transductive"
+
+
+class TaskBatchNorm(nn.Module):
+    """BatchNorm over the current batch only, with the affine transform applied by hand.
+
+    Why by hand: with torch 2.13, second-order gradients of ``F.batch_norm(training=True)``
+    *with* its ``weight``/``bias`` arguments are silently wrong under ``torch.func.vmap``;
+    without them they are exact. So we normalise with ``F.batch_norm`` and scale/shift here.
+    ``tests/test_inner.py`` checks the conv4 meta-gradient against finite differences.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.batch_norm(x, None, None, training=True, eps=self.eps)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+class Conv4(nn.Module):
+    """Four blocks of [3x3 conv (hidden channels), BatchNorm, ReLU, 2x2 max-pool], then a linear head.
+
+    28x28 inputs shrink to 14, 7, 3, 1, so the head sees ``hidden`` features.
+    With ``n_classes=0`` there is no head and the network returns its embedding (ProtoNets).
+    """
+
+    def __init__(self, n_classes: int = 5, in_channels: int = 1, hidden: int = 64, image_size: int = 28):
+        super().__init__()
+        blocks = []
+        channels = in_channels
+        for _ in range(4):
+            blocks += [nn.Conv2d(channels, hidden, 3, padding=1), TaskBatchNorm(hidden), nn.ReLU(), nn.MaxPool2d(2)]
+            channels = hidden
+        self.features = nn.Sequential(*blocks, nn.Flatten())
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        self.embedding_dim = hidden * side * side
+        self.head = nn.Linear(self.embedding_dim, n_classes) if n_classes > 0 else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network, 1-40-40-1 by default (the MAML sinusoid model)."""
+
+    def __init__(self, sizes: tuple[int, ...] = (1, 40, 40, 1)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        self.features = nn.Sequential(*layers[:-1])
+        self.head = layers[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def conv4(n_classes: int = 5, *, in_channels: int = 1, hidden: int = 64, image_size: int = 28, seed: int | None = None,
+          device: torch.device | str = "cpu") -> Conv4:
+    """Build a conv4 network; ``seed`` fixes its initialisation."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = Conv4(n_classes, in_channels, hidden, image_size)
+    return model.to(device)
+
+
+def mlp(sizes: tuple[int, ...] = (1, 40, 40, 1), *, seed: int | None = None,
+        device: torch.device | str = "cpu") -> MLP:
+    """Build the sinusoid MLP; ``seed`` fixes its initialisation."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = MLP(sizes)
+    return model.to(device)
+
+
+def split_body_head(params: dict[str, Tensor]) -> tuple[list[str], list[str]]:
+    """Names of body (``features.*``) and head (``head.*``) parameters, e.g. for ANIL."""
+    head = [k for k in params if k.startswith("head.")]
+    body = [k for k in params if not k.startswith("head.")]
+    return body, head
