@@ -10,6 +10,7 @@ from .data import ClassSplit, load_omniglot, omniglot_splits
 from .inner import CLASSIFICATION, REGRESSION, InnerConfig, adapt, forward, task_losses
 from .models import BATCHNORM_MODE, MLP, Conv4, conv4, mlp
 from .tasks import EpisodeSampler, SinusoidTasks, TaskBatch
+from .utils import resolve_device, seed_everything
 from .train import EvalResult, NonFiniteError, confidence_interval, evaluate, load_checkpoint, make_optimizer, \
     meta_train, save_checkpoint
 

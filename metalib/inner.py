@@ -92,7 +92,7 @@ def forward(model: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> Tensor
 
 
 def _adapt_one(model: nn.Module, params: Params, lrs: Mapping[str, Tensor] | float, x: Tensor, y: Tensor,
-               cfg: InnerConfig, names: list[str]) -> tuple[Params, Callable[[Params, Tensor], Tensor]]:
+               cfg: InnerConfig, names: list[str], batched: bool) -> tuple[Params, Callable[[Params, Tensor], Tensor]]:
     """Adapt one task; returns the adapted parameters and the forward function they go with.
 
     When only the head adapts (ANIL), the body's features are computed once per task and the
@@ -108,7 +108,7 @@ def _adapt_one(model: nn.Module, params: Params, lrs: Mapping[str, Tensor] | flo
         def support_loss(fast: Params) -> Tensor:
             return cfg.problem.loss(functional_call(model.head, _sub(fast, "head."), (features,)), y)
 
-        fast_head = _sgd(support_loss, fast_head, lrs, cfg)
+        fast_head = _sgd(support_loss, fast_head, lrs, cfg, batched)
         return {**fixed, **fast_head}, head_fn
 
     fast = {k: params[k] for k in names}
@@ -117,16 +117,28 @@ def _adapt_one(model: nn.Module, params: Params, lrs: Mapping[str, Tensor] | flo
     def support_loss(moving: Params) -> Tensor:
         return cfg.problem.loss(forward(model, {**fixed, **moving}, x), y)
 
-    fast = _sgd(support_loss, fast, lrs, cfg)
+    fast = _sgd(support_loss, fast, lrs, cfg, batched)
     return {**fixed, **fast}, lambda p, inp: forward(model, p, inp)
 
 
 def _sgd(loss: Callable[[Params], Tensor], fast: Params, lrs: Mapping[str, Tensor] | float,
-         cfg: InnerConfig) -> Params:
+         cfg: InnerConfig, batched: bool) -> Params:
+    """``cfg.steps`` SGD steps on ``loss`` from ``fast``.
+
+    Inside ``vmap`` the gradient must come from ``torch.func.grad``. Outside it, plain
+    ``torch.autograd.grad`` gives the same numbers and was measured many times faster on CPU
+    (functorch's double backward through convolutions is slow there).
+    """
     for _ in range(cfg.steps):
-        grads = grad(loss)(fast)
-        if cfg.first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
+        if batched:
+            grads = grad(loss)(fast)
+            if cfg.first_order:
+                grads = {k: g.detach() for k, g in grads.items()}
+        else:
+            with torch.enable_grad():
+                fast = {k: w if w.requires_grad else w.detach().requires_grad_() for k, w in fast.items()}
+                gs = torch.autograd.grad(loss(fast), list(fast.values()), create_graph=not cfg.first_order)
+            grads = dict(zip(fast, gs))
         fast = {k: w - (lrs[k] if isinstance(lrs, Mapping) else lrs) * grads[k] for k, w in fast.items()}
     return fast
 
@@ -140,10 +152,12 @@ def adapt(model: nn.Module, params: Params, support_x: Tensor, support_y: Tensor
     names = _names(params, cfg)
     lr = lrs if lrs is not None else cfg.lr
 
-    def one(x: Tensor, y: Tensor) -> Params:
-        return _adapt_one(model, params, lr, x, y, cfg, names)[0]
+    batched = resolve_strategy(cfg.strategy, support_x.device) == "vmap"
 
-    if resolve_strategy(cfg.strategy, support_x.device) == "vmap":
+    def one(x: Tensor, y: Tensor) -> Params:
+        return _adapt_one(model, params, lr, x, y, cfg, names, batched)[0]
+
+    if batched:
         return vmap(one)(support_x, support_y)
     per_task = [one(x, y) for x, y in zip(support_x, support_y)]
     return {k: torch.stack([p[k] for p in per_task]) for k in params}
@@ -160,12 +174,14 @@ def task_losses(model: nn.Module, params: Params, support_x: Tensor, support_y: 
     names = _names(params, cfg)
     lr = lrs if lrs is not None else cfg.lr
 
+    batched = resolve_strategy(cfg.strategy, support_x.device) == "vmap"
+
     def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-        fast, fwd = _adapt_one(model, params, lr, sx, sy, cfg, names)
+        fast, fwd = _adapt_one(model, params, lr, sx, sy, cfg, names, batched)
         out = fwd(fast, qx)
         return cfg.problem.loss(out, qy), cfg.problem.score(out.detach(), qy)
 
-    if resolve_strategy(cfg.strategy, support_x.device) == "vmap":
+    if batched:
         return vmap(one)(support_x, support_y, query_x, query_y)
     results = [one(*t) for t in zip(support_x, support_y, query_x, query_y)]
     return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])

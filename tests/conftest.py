@@ -1,0 +1,40 @@
+"""Shared fixtures. The real Omniglot copy is found via METALIB_DATA_DIR or ../shared/data."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _real_data_dir() -> Path | None:
+    env = os.environ.get("METALIB_DATA_DIR")
+    candidates = [Path(env).expanduser(), REPO_ROOT / env] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for c in candidates:
+        if (c / "omniglot").is_dir() or (c / "images_background.zip").is_file():
+            return c.resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def omniglot_data_dir() -> Path:
+    """Folder holding the real Omniglot copy; skips the test when there is none."""
+    found = _real_data_dir()
+    if found is None:
+        pytest.skip("real Omniglot data not found: set METALIB_DATA_DIR or provide ../shared/data")
+    return found
+
+
+@pytest.fixture(scope="session")
+def omniglot(omniglot_data_dir: Path):
+    """All of Omniglot at 28x28, from the default cache (built once, in the git-ignored data/)."""
+    from metalib.data import load_omniglot
+
+    start = time.perf_counter()
+    data = load_omniglot(omniglot_data_dir, download=False)
+    print(f"\nload_omniglot (cache build or load): {time.perf_counter() - start:.2f} s")
+    return data

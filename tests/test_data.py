@@ -1,0 +1,379 @@
+"""metalib.data: atomic md5-checked downloads, local copies, the 28x28 cache and the splits.
+
+Most tests use a tiny synthetic Omniglot (the expected character counts are patched); the
+tests marked by the ``omniglot`` fixture use the real copy and skip when it is absent.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import io
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import metalib.data.omniglot as om
+from metalib.data import (
+    ChecksumError,
+    DatasetNotFoundError,
+    DownloadError,
+    InvalidDatasetError,
+    cache_file,
+    default_cache_dir,
+    download_file,
+    load_omniglot,
+    omniglot_splits,
+    read_vinyals_split,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+# ----------------------------------------------------------------------- downloads
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> tuple[str, bytes]:
+    """A file:// URL and the bytes it serves."""
+    payload = bytes(range(256)) * 1000
+    src = tmp_path / "server" / "payload.bin"
+    src.parent.mkdir()
+    src.write_bytes(payload)
+    return src.as_uri(), payload
+
+
+def test_download_verifies_and_writes_atomically(tmp_path, served):
+    url, payload = served
+    dest = tmp_path / "out" / "file.bin"
+    assert download_file(url, dest, md5(payload)) == dest
+    assert dest.read_bytes() == payload
+    assert files_in(dest.parent) == [dest]  # no temp file left
+
+
+def test_download_keeps_a_verified_file_without_fetching(tmp_path, served):
+    url, payload = served
+    dest = tmp_path / "file.bin"
+    dest.write_bytes(payload)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("should not download a file that is already verified")
+
+    download_file(url, dest, md5(payload), opener=no_network)
+    assert dest.read_bytes() == payload
+
+
+def test_download_md5_mismatch_rejected_and_nothing_left(tmp_path, served):
+    url, payload = served
+    dest = tmp_path / "out" / "file.bin"
+    wrong = "0" * 32
+    with pytest.raises(ChecksumError) as err:
+        download_file(url, dest, wrong)
+    msg = str(err.value)
+    assert wrong in msg and md5(payload) in msg and url in msg
+    assert files_in(dest.parent) == []
+
+
+def test_partial_files_are_never_used(tmp_path, served):
+    url, payload = served
+    dest = tmp_path / "file.bin"
+    dest.write_bytes(payload[:1000])  # truncated destination (e.g. copied by hand)
+    stale = tmp_path / ".file.bin.deadbeef.part"  # temp file left by a crashed download
+    stale.write_bytes(payload[:500])
+    download_file(url, dest, md5(payload))
+    assert dest.read_bytes() == payload
+
+
+def test_interrupted_download_leaves_nothing(tmp_path, served):
+    _, payload = served
+
+    class Broken(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() > 0:
+                raise ConnectionResetError("connection reset")
+            return super().read(1000)
+
+    def opener(url, timeout):
+        return Broken(payload)
+
+    dest = tmp_path / "out" / "file.bin"
+    with pytest.raises(DownloadError, match="could not download http://example.invalid/x: connection reset"):
+        download_file("http://example.invalid/x", dest, md5(payload), opener=opener)
+    assert files_in(dest.parent) == []
+
+
+def test_unreachable_url_raises_download_error(tmp_path):
+    dest = tmp_path / "file.bin"
+    with pytest.raises(DownloadError, match="could not download file:///"):
+        download_file((tmp_path / "missing.bin").as_uri(), dest, "0" * 32, timeout=1)
+    assert files_in(tmp_path) == []
+
+
+# ------------------------------------------------------------ synthetic Omniglot copy
+
+FAKE = {
+    "background": {"Alpha": ["character01", "character02"], "Beta": ["character01"]},
+    "evaluation": {"Gamma": ["character01", "character02"]},
+}
+FAKE_NAMES = ["Alpha/character01", "Alpha/character02", "Beta/character01", "Gamma/character01", "Gamma/character02"]
+
+
+@pytest.fixture
+def fake_counts(monkeypatch):
+    """Make the loader expect the synthetic set's counts instead of 964 + 659 characters."""
+    monkeypatch.setattr(om, "_EXPECTED", {"background": (2, 3), "evaluation": (1, 2)})
+    monkeypatch.delenv("METALIB_DATA_DIR", raising=False)
+
+
+def fake_png(char: int, drawing: int) -> bytes:
+    """105x105 1-bit, black strokes on white like Omniglot: a top bar whose width grows
+    with the character, a bottom bar whose width grows with the drawing."""
+    im = Image.new("1", (105, 105), 1)
+    d = ImageDraw.Draw(im)
+    d.rectangle([0, 0, 20 + 15 * char, 40], fill=0)
+    d.rectangle([0, 85, 4 + 5 * drawing, 104], fill=0)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fake_members(part: str) -> dict[str, bytes]:
+    files, char = {}, 0 if part == "background" else 3
+    for alphabet, chars in FAKE[part].items():
+        for c in chars:
+            for drawing in reversed(range(20)):  # stored out of order on purpose
+                files[f"images_{part}/{alphabet}/{c}/{1000 + char:04d}_{drawing + 1:02d}.png"] = fake_png(char, drawing)
+            char += 1
+    return files
+
+
+def write_fake(root: Path, layout: str, drop: str | None = None) -> Path:
+    """Write the synthetic copy in one of the accepted layouts; returns the data dir."""
+    base = root / "omniglot" if layout.startswith("omniglot") else root
+    for part in om._PARTS:
+        members = {k: v for k, v in fake_members(part).items() if k != drop}
+        if layout.endswith("zip"):
+            base.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(base / f"images_{part}.zip", "w") as zf:
+                for name, data in members.items():
+                    zf.writestr(name, data)
+        else:
+            for name, data in members.items():
+                (base / name).parent.mkdir(parents=True, exist_ok=True)
+                (base / name).write_bytes(data)
+    return root
+
+
+def check_fake(data) -> None:
+    assert data.images.shape == (5, 20, 28, 28) and data.images.dtype == torch.uint8
+    assert data.names == FAKE_NAMES
+    assert data.background.tolist() == [True, True, True, False, False]
+    assert data.alphabets == ["Alpha", "Beta", "Gamma"]
+    img = data.images.int()
+    assert (img[:, :, 2, 2] > 240).all() and (img[:, :, 16, 26] < 15).all()  # strokes bright, paper dark
+    top = img[:, 0, :9].sum(dim=(1, 2))
+    assert (top.diff() > 0).all(), "characters out of order"
+    bottom = img[:, :, 24:].sum(dim=(2, 3))
+    assert (bottom.diff(dim=1) > 0).all(), "drawings not sorted by drawer number"
+
+
+@pytest.mark.parametrize("layout", ["omniglot_zip", "flat_zip", "omniglot_folders", "flat_folders"])
+def test_local_copy_layouts_build_the_cache(tmp_path, fake_counts, layout):
+    data_dir = write_fake(tmp_path / "copy", layout)
+    cache = tmp_path / "cache"
+    data = load_omniglot(data_dir, cache_dir=cache, download=False)
+    check_fake(data)
+    assert files_in(cache) == [cache / "cache" / "omniglot28.pt"]  # written atomically, no temp left
+    assert cache_file(cache) == cache / "cache" / "omniglot28.pt"
+
+
+def test_env_var_and_cache_reuse_and_corrupt_cache(tmp_path, fake_counts, monkeypatch):
+    data_dir = write_fake(tmp_path / "copy", "omniglot_zip")
+    monkeypatch.setenv("METALIB_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("METALIB_CACHE_DIR", str(tmp_path / "cache"))
+    first = load_omniglot()
+    path = tmp_path / "cache" / "cache" / "omniglot28.pt"
+    assert path.is_file()
+    shutil.rmtree(data_dir)  # the cache alone is enough now
+    assert torch.equal(load_omniglot().images, first.images)
+    path.write_bytes(b"garbage")  # a corrupt cache is rebuilt, never used
+    write_fake(tmp_path / "copy", "flat_zip")
+    assert torch.equal(load_omniglot().images, first.images)
+
+
+def test_download_path_verifies_md5_and_refetches_corrupt_zip(tmp_path, fake_counts, monkeypatch):
+    server = write_fake(tmp_path / "server", "flat_zip")
+    urls = {p: (server / f"images_{p}.zip").as_uri() for p in om._PARTS}
+    md5s = {p: md5((server / f"images_{p}.zip").read_bytes()) for p in om._PARTS}
+    monkeypatch.setattr(om, "OMNIGLOT_URLS", urls)
+    monkeypatch.setattr(om, "OMNIGLOT_MD5", md5s)
+    cache = tmp_path / "cache"
+    check_fake(load_omniglot(cache_dir=cache))
+    zip_path = cache / "omniglot" / "images_background.zip"
+    assert md5(zip_path.read_bytes()) == md5s["background"]
+    # a truncated download is detected, deleted and fetched again
+    zip_path.write_bytes(zip_path.read_bytes()[:1000])
+    (cache / "cache" / "omniglot28.pt").unlink()
+    check_fake(load_omniglot(cache_dir=cache))
+    assert md5(zip_path.read_bytes()) == md5s["background"]
+    # a server answering with other bytes is rejected
+    monkeypatch.setattr(om, "OMNIGLOT_MD5", {**md5s, "evaluation": "f" * 32})
+    (cache / "omniglot" / "images_evaluation.zip").unlink()
+    (cache / "cache" / "omniglot28.pt").unlink()
+    with pytest.raises(DatasetNotFoundError, match="md5 mismatch"):
+        load_omniglot(cache_dir=cache)
+    assert not (cache / "omniglot" / "images_evaluation.zip").exists()
+
+
+def test_incomplete_local_copy_is_reported(tmp_path, fake_counts):
+    drop = "images_background/Beta/character01/1002_07.png"
+    data_dir = write_fake(tmp_path / "copy", "omniglot_zip", drop=drop)
+    with pytest.raises(InvalidDatasetError) as err:
+        load_omniglot(data_dir, cache_dir=tmp_path / "cache", download=False)
+    msg = str(err.value)
+    assert "1 characters without exactly 20 drawings (e.g. Beta/character01: 19)" in msg
+    assert "images_background.zip" in msg
+
+
+def test_wrong_character_count_is_reported(tmp_path, monkeypatch):
+    monkeypatch.delenv("METALIB_DATA_DIR", raising=False)
+    data_dir = write_fake(tmp_path / "copy", "omniglot_zip")  # real expected counts: 964 + 659
+    with pytest.raises(InvalidDatasetError, match=r"3 characters in 2 alphabets \(expected 964 in 30\)"):
+        load_omniglot(data_dir, cache_dir=tmp_path / "cache", download=False)
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_offline_missing_dataset_gives_a_clear_error(tmp_path, monkeypatch, download):
+    monkeypatch.delenv("METALIB_DATA_DIR", raising=False)
+    # no network: the canonical URLs are unreachable
+    monkeypatch.setattr(om, "OMNIGLOT_URLS", {p: (tmp_path / "nowhere" / f"{p}.zip").as_uri() for p in om._PARTS})
+    empty, cache = tmp_path / "empty", tmp_path / "cache"
+    empty.mkdir()
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_omniglot(empty, cache_dir=cache, download=download)
+    msg = str(err.value)
+    assert "METALIB_DATA_DIR" in msg
+    assert str(empty / "omniglot" / "images_background.zip") in msg
+    assert str(cache / "omniglot" / "images_background.zip") in msg
+    assert ("could not download" in msg) if download else ("download=False" in msg)
+    assert files_in(tmp_path) == []
+
+
+def test_unknown_protocol_and_split_names():
+    with pytest.raises(ValueError, match="unknown Omniglot protocol 'omni'; valid: vinyals, lake"):
+        omniglot_splits("omni")
+    with pytest.raises(ValueError, match=r"unknown split\(s\) 'val' for protocol 'lake'; valid: train, test"):
+        omniglot_splits("lake", splits=["train", "val"])
+    with pytest.raises(ValueError, match="valid: train, val, test, trainval"):
+        read_vinyals_split("dev")
+
+
+def test_malformed_split_file_is_reported(tmp_path):
+    folder = tmp_path / "omniglot" / "splits" / "vinyals"
+    folder.mkdir(parents=True)
+    (folder / "val.txt").write_text("Angelic/character01/rot000\nAngelic/character01/rot045\n")
+    with pytest.raises(InvalidDatasetError, match=r"val.txt:2: .*'Angelic/character01/rot045'"):
+        read_vinyals_split("val", tmp_path, cache_dir=tmp_path / "cache", download=False)
+    (folder / "val.txt").write_text("Angelic/character01/rot000\n")
+    with pytest.raises(InvalidDatasetError, match="1 lines for 1 characters, expected 688"):
+        read_vinyals_split("val", tmp_path, cache_dir=tmp_path / "cache", download=False)
+
+
+# ------------------------------------------------------------------------ real data
+
+
+def test_split_file_download_is_md5_checked(tmp_path, monkeypatch, omniglot_data_dir):
+    server = tmp_path / "server"
+    server.mkdir()
+    shutil.copy(omniglot_data_dir / "omniglot" / "splits" / "vinyals" / "val.txt", server / "val.txt")
+    monkeypatch.setattr(om, "VINYALS_URL", server.as_uri() + "/{name}.txt")
+    entries = read_vinyals_split("val", tmp_path / "empty", cache_dir=tmp_path / "cache")
+    assert len(entries) == 688 and entries[1] == (entries[0][0], 90)
+    assert (tmp_path / "cache" / "omniglot" / "splits" / "vinyals" / "val.txt").is_file()
+    with open(server / "val.txt", "a") as f:
+        f.write("Angelic/character01/rot000\n")
+    with pytest.raises(DatasetNotFoundError, match="md5 mismatch") as err:
+        read_vinyals_split("val", tmp_path / "empty", cache_dir=tmp_path / "cache2")
+    assert "val.txt" in str(err.value) and om.VINYALS_MD5["val"] in str(err.value)
+    assert files_in(tmp_path / "cache2") == []
+    monkeypatch.setattr(om, "VINYALS_MD5", {**om.VINYALS_MD5, "val": md5((server / "val.txt").read_bytes())})
+    with pytest.raises(InvalidDatasetError, match="expected 688"):
+        read_vinyals_split("val", tmp_path / "empty", cache_dir=tmp_path / "cache3")
+
+
+def test_real_omniglot_cache(omniglot, omniglot_data_dir, monkeypatch):
+    assert omniglot.images.shape == (1623, 20, 28, 28) and omniglot.images.dtype == torch.uint8
+    assert len(set(omniglot.names)) == 1623 and omniglot.names[0] == "Alphabet_of_the_Magi/character01"
+    assert int(omniglot.background.sum()) == 964
+    assert len(omniglot.alphabets) == 50
+    assert omniglot.images.float().mean() < 40  # bright strokes on a dark background
+    assert (omniglot.images.amax(dim=(2, 3)) > 100).all()  # every drawing has strokes
+    if "METALIB_CACHE_DIR" not in os.environ:
+        assert default_cache_dir() == REPO_ROOT / "data"
+    assert cache_file().is_file()
+    monkeypatch.delenv("METALIB_DATA_DIR", raising=False)
+    start = time.perf_counter()
+    again = load_omniglot(download=False)  # from the cache alone
+    elapsed = time.perf_counter() - start
+    print(f"\nloading the Omniglot cache: {elapsed:.3f} s")
+    assert elapsed < 5.0
+    assert torch.equal(again.images, omniglot.images) and again.names == omniglot.names
+
+
+def split_lines(data_dir: Path, name: str) -> list[str]:
+    return (data_dir / "omniglot" / "splits" / "vinyals" / f"{name}.txt").read_text().split()
+
+
+def test_real_vinyals_splits(omniglot, omniglot_data_dir):
+    splits = omniglot_splits("vinyals", data_dir=omniglot_data_dir, download=False)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 4112, "val": 688, "test": 1692, "trainval": 4800}
+    for name, split in splits.items():
+        assert split.name == name
+        assert split.images.shape == (len(split), 20, 28, 28) and split.images.dtype == torch.uint8
+        assert split.class_names == split_lines(omniglot_data_dir, name)
+    train, val, test = (set(splits[k].class_names) for k in ("train", "val", "test"))
+    assert not (train & val or train & test or val & test)
+    assert set(splits["trainval"].class_names) == train | val
+
+    def chars(names):
+        return {n.rsplit("/", 1)[0] for n in names}
+
+    assert not (chars(train) & chars(val) or chars(train) & chars(test) or chars(val) & chars(test))
+    assert chars(train | val | test) == set(omniglot.names)
+    # class images are the character's drawings rotated counter-clockwise by k * 90 degrees
+    t = splits["train"]
+    for i in (0, 1, 2, 3, 401):
+        char, rot = t.class_names[i].rsplit("/", 1)
+        k = int(rot[3:]) // 90
+        base = omniglot.images[omniglot.index(char)]
+        assert torch.equal(t.images[i], torch.rot90(base, k, dims=(-2, -1)))
+    ccw = t.images[1, 0]  # rot090 of the first character
+    orig = omniglot.images[omniglot.index(t.class_names[0].rsplit("/", 1)[0]), 0]
+    assert torch.equal(ccw, orig.T.flip(0))  # counter-clockwise = transpose, then upside down
+    assert not torch.equal(ccw, orig.T.flip(1))  # (clockwise would be this)
+
+    plain = omniglot_splits("vinyals", splits=["train", "test"], data_dir=omniglot_data_dir, download=False, rotations=False)
+    assert {k: len(v) for k, v in plain.items()} == {"train": 1028, "test": 423}
+    assert set(plain["train"].class_names) == chars(train) and "/rot" not in plain["test"].class_names[0]
+
+
+def test_real_lake_split(omniglot, omniglot_data_dir):
+    lake = omniglot_splits("lake", data_dir=omniglot_data_dir, download=False)
+    assert {k: len(v) for k, v in lake.items()} == {"train": 964, "test": 659}
+    alph = {k: {n.split("/")[0] for n in v.class_names} for k, v in lake.items()}
+    assert len(alph["train"]) == 30 and len(alph["test"]) == 20 and not alph["train"] & alph["test"]
+    assert torch.equal(lake["test"].images, omniglot.images[~omniglot.background])
+    rotated = omniglot_splits("lake", splits=["test"], data_dir=omniglot_data_dir, download=False, rotations=True)
+    assert len(rotated["test"]) == 4 * 659 and rotated["test"].class_names[1].endswith("/rot090")
