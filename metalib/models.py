@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TaskBatchNorm", "Conv4", "MLP", "conv4", "mlp", "split_body_head", "BATCHNORM_MODE"]
+__all__ = ["TaskBatchNorm", "Conv4", "MLP", "conv4", "mlp", "split_body_head", "BATCHNORM_MODE",
+           "forward_tasks"]
 
 BATCHNORM_MODE = "transductive"
 
@@ -36,9 +37,13 @@ class TaskBatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.normalize(x, self.weight, self.bias)
+
+    def normalize(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Batch-normalise ``x`` over all dims but 1, then scale and shift per channel."""
         x = F.batch_norm(x, None, None, training=True, eps=self.eps)
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return x * self.weight.view(shape) + self.bias.view(shape)
+        return x * weight.view(shape) + bias.view(shape)
 
 
 class Conv4(nn.Module):
@@ -72,6 +77,56 @@ class Conv4(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
+    def forward_tasks(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Every task of a meta-batch in one pass: ``x`` is ``[B, n, C, H, W]``, each parameter is
+        either shared (its usual shape) or per task (``[B, *shape]``); returns ``[B, n, out]``.
+
+        Tasks are stacked along channels, ``[n, B*C, H, W]``, so each conv is one grouped
+        convolution and ``F.batch_norm`` over ``B*C`` channels gives per-task statistics.
+        """
+        return self.head_tasks(params, self.embed_tasks(params, x))
+
+    def embed_tasks(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The body of :meth:`forward_tasks`: ``[B, n, C, H, W]`` -> ``[B, n, embedding_dim]``."""
+        B, n = x.shape[:2]
+        h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
+        for i, layer in enumerate(self.features):
+            if isinstance(layer, nn.Conv2d):
+                w = _per_task(params[f"features.{i}.weight"], B, layer.weight)
+                b = _per_task(params[f"features.{i}.bias"], B, layer.bias)
+                h = F.conv2d(h, w.flatten(0, 1), b.flatten(), padding=layer.padding, groups=B)
+            elif isinstance(layer, TaskBatchNorm):
+                w = _per_task(params[f"features.{i}.weight"], B, layer.weight)
+                b = _per_task(params[f"features.{i}.bias"], B, layer.bias)
+                h = layer.normalize(h, w.flatten(), b.flatten())
+            elif isinstance(layer, nn.Flatten):
+                h = h.reshape(n, B, -1).transpose(0, 1)  # [B, n, features]
+            else:  # ReLU, MaxPool2d: per channel, so per task
+                h = layer(h)
+        return h
+
+    def head_tasks(self, params: dict[str, Tensor], h: Tensor) -> Tensor:
+        """The head of :meth:`forward_tasks`: ``[B, n, embedding_dim]`` -> ``[B, n, n_classes]``."""
+        if isinstance(self.head, nn.Identity):
+            return h
+        B = h.shape[0]
+        return _linear_tasks(h, _per_task(params["head.weight"], B, self.head.weight),
+                             _per_task(params["head.bias"], B, self.head.bias))
+
+
+def _per_task(p: Tensor, tasks: int, layer_param: Tensor) -> Tensor:
+    """``[B, *shape]`` per-task parameters pass through; shared ones are broadcast (a view, no copy)."""
+    if p.dim() == layer_param.dim():
+        return p.expand(tasks, *p.shape)
+    if p.dim() == layer_param.dim() + 1 and p.shape[0] == tasks:
+        return p
+    raise ValueError(f"parameter of shape {tuple(p.shape)} fits neither {tuple(layer_param.shape)} "
+                     f"nor [{tasks}, *{tuple(layer_param.shape)}]")
+
+
+def _linear_tasks(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
 
 class MLP(nn.Module):
     """Fully connected ReLU network, 1-40-40-1 by default (the MAML sinusoid model)."""
@@ -88,6 +143,27 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+    def forward_tasks(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """All tasks in one pass: ``x`` ``[B, n, in]``, parameters shared or ``[B, *shape]``; returns ``[B, n, out]``."""
+        return self.head_tasks(params, self.embed_tasks(params, x))
+
+    def embed_tasks(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        h = x
+        for k, layer in self.features.named_children():
+            h = self._layer_tasks(layer, f"features.{k}", params, h)
+        return h
+
+    def head_tasks(self, params: dict[str, Tensor], h: Tensor) -> Tensor:
+        return self._layer_tasks(self.head, "head", params, h)
+
+    @staticmethod
+    def _layer_tasks(layer: nn.Module, name: str, params: dict[str, Tensor], h: Tensor) -> Tensor:
+        if isinstance(layer, nn.Linear):
+            B = h.shape[0]
+            return _linear_tasks(h, _per_task(params[f"{name}.weight"], B, layer.weight),
+                                 _per_task(params[f"{name}.bias"], B, layer.bias))
+        return layer(h)
 
 
 def conv4(n_classes: int = 5, *, in_channels: int = 1, hidden: int = 64, image_size: int = 28, seed: int | None = None,

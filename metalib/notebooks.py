@@ -610,8 +610,9 @@ def run_notebooks(paths: Sequence[Path], output_dir: str | Path, *, profile: str
     def one(p: Path) -> NotebookResult:
         nonlocal done
         own = {k: v for k, v in overrides.items() if k in declared[p]}
+        log(f"-> {p.stem}")
         res = run_notebook(p, output_dir, profile=profile, overrides=own, timeout=timeout, kernel=kernel,
-                           progress_bar=jobs == 1 and total == 1 and sys.stderr.isatty())
+                           progress_bar=jobs == 1 and sys.stderr.isatty())
         with lock:
             done += 1
             log(f"[{done}/{total}] {res.notebook}: {res.status} ({res.runtime_s:.1f} s)")
@@ -757,20 +758,22 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="notebooks to run: number prefix (02) or name substring (maml)")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override a parameter (VALUE: Python literal, else string); repeatable")
-    run.add_argument("--timeout", type=float, default=None,
+    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                      help="wall-clock seconds per notebook (default 1800 for quick, none for full; 0: none)")
-    run.add_argument("--kernel", default=None,
+    run.add_argument("--kernel", default=None, metavar="NAME",
                      help=f"Jupyter kernel (default {DEFAULT_KERNEL!r}; falls back to this interpreter)")
-    run.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel (default 1)")
-    run.add_argument("--output-dir", type=Path, default=None, help="default output/<profile>/")
-    run.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help=argparse.SUPPRESS)
-    run.add_argument("--baselines-dir", type=Path, default=BASELINES_DIR, help=argparse.SUPPRESS)
+    run.add_argument("--jobs", type=int, default=1, metavar="N", help="notebooks run in parallel (default 1)")
+    run.add_argument("--output-dir", type=Path, default=None, metavar="DIR", help="default output/<profile>/")
+    run.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, metavar="DIR",
+                     help="where the notebooks are (default notebooks/)")
+    run.add_argument("--baselines-dir", type=Path, default=BASELINES_DIR, metavar="DIR",
+                     help="where --update-baselines writes (default tests/baselines/)")
     run.add_argument("--update-baselines", action="store_true",
                      help="rewrite tests/baselines/<stem>.json from this run (quick profile only)")
 
     lst = sub.add_parser("list", help="list the notebooks, their parameters and baselines")
-    lst.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help=argparse.SUPPRESS)
-    lst.add_argument("--baselines-dir", type=Path, default=BASELINES_DIR, help=argparse.SUPPRESS)
+    lst.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, metavar="DIR")
+    lst.add_argument("--baselines-dir", type=Path, default=BASELINES_DIR, metavar="DIR")
     return parser
 
 
@@ -807,8 +810,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    if args.jobs < 1:
-        print("error: --jobs must be >= 1", file=sys.stderr)
+    if args.jobs < 1 or (args.timeout is not None and args.timeout < 0):
+        print("error: --jobs must be >= 1 and --timeout >= 0", file=sys.stderr)
         return 2
     if args.update_baselines and (args.profile != "quick" or args.parameter):
         print("error: --update-baselines records the quick profile: drop --profile full and -p",

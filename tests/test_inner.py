@@ -74,7 +74,7 @@ def flat(grads) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+@pytest.mark.parametrize("strategy", ["batched", "vmap", "loop"])
 def test_conv4_second_order_meta_gradient_matches_finite_differences(strategy):
     model = conv4(5, seed=0).double()
     batch = omniglot_like_batch(tasks=3, queries=5)
@@ -115,7 +115,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+@pytest.mark.parametrize("strategy", ["batched", "vmap", "loop"])
 @pytest.mark.parametrize("algo", sorted(CASES))
 def test_batched_core_equals_naive_loop(algo, strategy):
     case = CASES[algo]
@@ -146,7 +146,7 @@ def test_regression_core_equals_naive_loop():
     assert diff < 1e-10
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+@pytest.mark.parametrize("strategy", ["batched", "vmap", "loop"])
 def test_first_order_gradient_is_query_gradient_at_adapted_weights(strategy):
     model = conv4(5, hidden=32, seed=1).double()
     learner = fomaml(model, inner_lr=0.4, steps=3, strategy=strategy)
