@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .inner import CLASSIFICATION, REGRESSION, InnerConfig, Params, Problem, adapt, task_losses
@@ -168,16 +169,18 @@ class ProtoNet(MetaLearner):
         self.model = model
 
     def logits(self, batch: TaskBatch) -> Tensor:
-        """Query logits ``[B, N*Q, N]``."""
-        out = []
-        for sx, sy, qx in zip(batch.support_x, batch.support_y, batch.query_x):
-            z = self.model(torch.cat([sx, qx]))
-            zs, zq = z[: len(sx)], z[len(sx):]
-            ways = int(sy.max()) + 1
-            protos = torch.zeros(ways, z.shape[-1], dtype=z.dtype, device=z.device).index_add_(0, sy, zs)
-            protos = protos / torch.bincount(sy, minlength=ways).unsqueeze(1).to(z.dtype)
-            out.append(-torch.cdist(zq, protos).pow(2))
-        return torch.stack(out)
+        """Query logits ``[B, N*Q, N]``: negative squared distances to the class prototypes."""
+        x = torch.cat([batch.support_x, batch.query_x], dim=1)
+        if hasattr(self.model, "forward_tasks"):  # all tasks in one pass, BatchNorm still per task
+            z = self.model.forward_tasks(dict(self.model.named_parameters()), x)
+        else:
+            z = torch.stack([self.model(xi) for xi in x])
+        n_support = batch.support_x.shape[1]
+        zs, zq = z[:, :n_support], z[:, n_support:]
+        ways = int(batch.support_y.max()) + 1
+        onehot = F.one_hot(batch.support_y, ways).to(z.dtype)  # [B, N*K, N]
+        protos = onehot.transpose(1, 2) @ zs / onehot.sum(1).unsqueeze(-1)  # [B, N, D]
+        return -(zq.unsqueeze(2) - protos.unsqueeze(1)).pow(2).sum(-1)
 
     def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
         logits = self.logits(batch)

@@ -143,7 +143,8 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
       with ``resume=True`` an existing file is loaded and training continues from its step;
     * ``time_budget``: stop after this many seconds of training (history says where);
     * ``task_indices``/``reduce``/``is_main``: hooks for :mod:`metalib.distributed` (which tasks this
-      process draws at a step, how gradients and metrics are combined, who writes files).
+      process draws at a step, how gradients and metrics are combined, who writes files); an optional
+      ``reduce.agree(flag) -> bool`` makes the ``time_budget`` stop a decision of all processes.
     """
     optimizer = optimizer or make_optimizer(learner)
     params = learner.meta_parameters()
@@ -195,8 +196,12 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
             clock = time.perf_counter()  # validation time is not training time
         if checkpoint is not None and done % checkpoint_every == 0:
             save(done)
-        if time_budget is not None and elapsed + (time.perf_counter() - clock) >= time_budget:
-            break
+        if time_budget is not None:
+            out_of_time = elapsed + (time.perf_counter() - clock) >= time_budget
+            if hasattr(reduce, "agree"):  # ranks' clocks differ: all of them must stop at the same step
+                out_of_time = reduce.agree(out_of_time)
+            if out_of_time:
+                break
     elapsed += time.perf_counter() - clock
     if running:
         history.append({"step": done, **{f"train_{k}": sum(v) / len(v) for k, v in running.items()},
