@@ -39,9 +39,12 @@ def run_protonet(args) -> None:
     val = EpisodeSampler(splits["val"], ways=5, shots=1, queries=15, seed=args.seed + 1, device=device)
     test = EpisodeSampler(splits["test"], ways=5, shots=1, queries=15, seed=args.seed + 2, device=device)
     learner = protonet(conv4(0, seed=args.seed, device=device))
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2000, gamma=0.5)  # halved every 2000 episodes
     start = time.perf_counter()
-    hist = meta_train(learner, train, steps=args.steps, meta_batch=1, val_sampler=val, val_every=args.val_every,
-                      val_tasks=200, time_budget=args.time_budget, checkpoint=args.out / "protonet.pt")
+    hist = meta_train(learner, train, steps=args.steps, meta_batch=1, optimizer=optimizer, scheduler=scheduler,
+                      val_sampler=val, val_every=args.val_every, val_tasks=200, time_budget=args.time_budget,
+                      checkpoint=args.out / "protonet.pt")
     train_s = time.perf_counter() - start
     res = evaluate(learner, test, n_tasks=600)
     print(res)

@@ -130,6 +130,7 @@ def _check_finite(step: int, metrics: dict[str, float], grads: Grads) -> None:
 
 def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 32,
                optimizer: torch.optim.Optimizer | None = None,
+               scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                val_sampler=None, val_every: int = 500, val_tasks: int = 100, val_steps: int | None = None,
                checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 500, resume: bool = True,
                time_budget: float | None = None, progress: bool = True,
@@ -141,6 +142,7 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
     * ``val_sampler``: every ``val_every`` steps, evaluate on its first ``val_tasks`` tasks;
     * ``checkpoint``: file written atomically every ``checkpoint_every`` steps and at the end;
       with ``resume=True`` an existing file is loaded and training continues from its step;
+    * ``scheduler``: an optional learning-rate scheduler, stepped after every outer step;
     * ``time_budget``: stop after this many seconds of training (history says where);
     * ``task_indices``/``reduce``/``is_main``: hooks for :mod:`metalib.distributed` (which tasks this
       process draws at a step, how gradients and metrics are combined, who writes files); an optional
@@ -155,6 +157,8 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
         state = load_checkpoint(checkpoint, map_location=next(iter(params.values())).device)
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
         start, history, elapsed = state["step"], list(state["history"]), state.get("elapsed", 0.0)
         running = {k: list(v) for k, v in state.get("running", {}).items()}
 
@@ -162,6 +166,7 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
         if checkpoint is not None and is_main:
             save_checkpoint(checkpoint, {"step": step, "learner": learner.state_dict(),
                                          "optimizer": optimizer.state_dict(), "history": history,
+                                         "scheduler": None if scheduler is None else scheduler.state_dict(),
                                          "running": running, "elapsed": elapsed,
                                          "settings": learner.describe()})
 
@@ -180,6 +185,8 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
             p.grad = grads[k]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
         for k, v in metrics.items():
             running.setdefault(k, []).append(v)
         done = step + 1
