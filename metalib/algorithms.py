@@ -180,7 +180,9 @@ class ProtoNet(MetaLearner):
         ways = int(batch.support_y.max()) + 1
         onehot = F.one_hot(batch.support_y, ways).to(z.dtype)  # [B, N*K, N]
         protos = onehot.transpose(1, 2) @ zs / onehot.sum(1).unsqueeze(-1)  # [B, N, D]
-        return -(zq.unsqueeze(2) - protos.unsqueeze(1)).pow(2).sum(-1)
+        # |q - p|^2 = |q|^2 - 2 q.p + |p|^2: no [B, N*Q, N, D] intermediate for wide embeddings
+        sq = zq.pow(2).sum(-1, keepdim=True) - 2 * zq @ protos.transpose(1, 2) + protos.pow(2).sum(-1).unsqueeze(1)
+        return -sq
 
     def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
         logits = self.logits(batch)
