@@ -6,7 +6,7 @@ Everything a notebook cell needs is importable from here::
 """
 from .algorithms import ALGORITHMS, GradientMetaLearner, MetaLearner, ProtoNet, Reptile, anil, fomaml, \
     make_learner, maml, metasgd, pretrain, protonet, reptile
-from . import hyper, plots, widgets
+from . import hyper  # plots and widgets load on use (`from metalib import plots`): they need matplotlib
 from .data import ClassSplit, load_omniglot, omniglot_splits
 from .inner import CLASSIFICATION, REGRESSION, InnerConfig, adapt, forward, task_losses
 from .models import BATCHNORM_MODE, MLP, Conv4, conv4, mlp
