@@ -116,7 +116,7 @@ class GradientMetaLearner(MetaLearner):
         params = {k: v.detach() for k, v in self.params().items()}
         lrs = self.lrs()
         lrs = None if lrs is None else {k: v.detach() for k, v in lrs.items()}
-        return adapt(self.model, params, batch.support_x, batch.support_y, cfg, lrs)
+        return {k: v.detach() for k, v in adapt(self.model, params, batch.support_x, batch.support_y, cfg, lrs).items()}
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "inner_steps": self.inner.steps, "inner_lr": self.inner.lr,

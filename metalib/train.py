@@ -54,8 +54,9 @@ class EvalResult:
     def __str__(self) -> str:
         scale, unit = (100.0, "%") if self.metric == "accuracy" else (1.0, "")
         extras = ", ".join(f"{k}={v}" for k, v in self.settings.items())
+        steps = "" if self.steps is None else f", {self.steps} test steps"
         return (f"{self.metric} {self.mean * scale:.2f}{unit} +/- {self.ci95 * scale:.2f}{unit} "
-                f"(95% CI, {self.n_tasks} tasks, {self.steps} test steps; {extras})")
+                f"(95% CI, {self.n_tasks} tasks{steps}; {extras})")
 
     def as_dict(self) -> dict:
         return {"metric": self.metric, "mean": self.mean, "ci95": self.ci95, "n_tasks": self.n_tasks,
