@@ -19,8 +19,9 @@ and finite differences):
 ``vmap``     ``torch.func.vmap`` over tasks with ``torch.func.grad`` inside; works for any model.
 ``loop``     one task after another with ``torch.autograd.grad``; the reference.
 
-``auto`` picks ``batched`` when the model supports it, else ``vmap`` on accelerators and
-``loop`` on CPU. BENCHMARKS.md has the measured speeds.
+``auto`` picks ``batched`` when the model supports it, except where the model says otherwise for
+CPUs (conv4: grouped convolutions were measured slower than the loop on CPU), else ``vmap`` on
+accelerators and ``loop`` on CPU. BENCHMARKS.md has the measured speeds.
 """
 from __future__ import annotations
 
@@ -91,14 +92,15 @@ class InnerConfig:
 
 
 def resolve_strategy(strategy: Strategy, device: torch.device, model: nn.Module | None = None) -> str:
-    """``auto`` -> ``batched`` if the model has ``forward_tasks``, else vmap on accelerators, loop on CPU."""
+    """``auto`` -> ``batched`` if the model has ``forward_tasks`` (unless the model names another
+    ``cpu_strategy`` for CPUs, as conv4 does), else vmap on accelerators and loop on CPU."""
     if strategy == "batched" and model is not None and not hasattr(model, "forward_tasks"):
         raise ValueError(f"strategy 'batched' needs a model with forward_tasks(); {type(model).__name__} has none "
                          f"(use 'vmap' or 'loop')")
     if strategy != "auto":
         return strategy
     if model is not None and hasattr(model, "forward_tasks"):
-        return "batched"
+        return getattr(model, "cpu_strategy", "batched") if device.type == "cpu" else "batched"
     return "loop" if device.type == "cpu" else "vmap"
 
 

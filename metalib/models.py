@@ -53,6 +53,10 @@ class Conv4(nn.Module):
     With ``n_classes=0`` there is no head and the network returns its embedding (ProtoNets).
     """
 
+    # On CPUs, grouped convolutions over a meta-batch measured slower than a per-task loop (0.73x at
+    # meta-batch 32, 1 thread, with 50x the memory; BENCHMARKS.md), so strategy="auto" loops there.
+    cpu_strategy = "loop"
+
     def __init__(self, n_classes: int = 5, in_channels: int = 1, hidden: int = 64, image_size: int = 28):
         super().__init__()
         blocks = []

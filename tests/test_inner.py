@@ -216,3 +216,14 @@ def test_unknown_adapt_names_are_rejected():
     with pytest.raises(ValueError, match="unknown parameters"):
         adapt(model, dict(model.named_parameters()), torch.zeros(1, 5, 1), torch.zeros(1, 5, 1),
               InnerConfig(adapt=("nope",)))
+
+
+def test_auto_strategy_follows_the_measurements():
+    from metalib.inner import resolve_strategy
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_strategy("auto", cpu, conv4(5)) == "loop"  # grouped convs lose on CPU (BENCHMARKS.md)
+    assert resolve_strategy("auto", cpu, mlp()) == "batched"
+    assert resolve_strategy("auto", gpu, conv4(5)) == "batched"
+    assert resolve_strategy("auto", gpu, torch.nn.Linear(1, 1)) == "vmap"
+    with pytest.raises(ValueError, match="forward_tasks"):
+        resolve_strategy("batched", cpu, torch.nn.Linear(1, 1))
