@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import meta_gradient_naive  # noqa: E402
 
 from metalib import (EpisodeSampler, SinusoidTasks, conv4, evaluate, maml, meta_train, mlp,
                      omniglot_splits, pretrain, protonet, resolve_device)
@@ -92,18 +94,10 @@ def run_sinusoid(args) -> None:
     _save(args.out, "sinusoid", out)
 
 
-def naive_meta_step(model, batch, inner_lr: float, steps: int) -> list[torch.Tensor]:
-    """The textbook per-task MAML loop (``torch.autograd.grad(create_graph=True)``), the baseline."""
-    params = dict(model.named_parameters())
-    total = 0.0
-    for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
-        fast = params
-        for _ in range(steps):
-            loss = F.cross_entropy(functional_call(model, fast, (sx,)), sy)
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
-            fast = {k: w - inner_lr * g for (k, w), g in zip(fast.items(), grads)}
-        total = total + F.cross_entropy(functional_call(model, fast, (qx,)), qy)
-    return list(torch.autograd.grad(total / len(batch.support_x), list(params.values())))
+def naive_meta_step(model, batch, inner_lr: float, steps: int):
+    """The textbook per-task MAML loop (``benchmarks/peers.py``), the baseline."""
+    return meta_gradient_naive(model, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
+                               inner_lr=inner_lr, steps=steps, first_order=False)
 
 
 def run_throughput(args) -> None:
@@ -123,7 +117,7 @@ def run_throughput(args) -> None:
         ref = naive_meta_step(model, batch, 0.4, steps)
         for name in ("metalib batched", "metalib loop"):
             got = list(variants[name]()[0].values())
-            diff = max((a - b).abs().max().item() for a, b in zip(got, ref))
+            diff = max((a - b).abs().max().item() for a, b in zip(got, ref.values()))
             print(f"steps={steps} {name}: max |grad - naive| = {diff:.2e}")
         for name, fn in variants.items():
             fn()

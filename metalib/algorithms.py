@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .inner import CLASSIFICATION, REGRESSION, InnerConfig, Params, Problem, adapt, task_losses
+from .inner import CLASSIFICATION, REGRESSION, InnerConfig, Params, Problem, adapt, forward, task_losses
 from .models import BATCHNORM_MODE, split_body_head
 from .tasks import TaskBatch
 
@@ -142,7 +142,13 @@ class Reptile(MetaLearner):
         params = {k: v.detach() for k, v in self.model.named_parameters()}
         fast = adapt(self.model, params, batch.support_x, batch.support_y, self.inner)
         grads = {f"model.{k}": params[k] - fast[k].mean(0) for k in params}
-        scores = self.evaluate_batch(batch)
+        with torch.no_grad():  # the training score comes from the same adapted weights, not a second adaptation
+            if hasattr(self.model, "forward_tasks"):
+                out = self.model.forward_tasks(fast, batch.query_x)
+            else:
+                out = torch.stack([forward(self.model, {k: v[i] for k, v in fast.items()}, x)
+                                   for i, x in enumerate(batch.query_x)])
+        scores = self.problem.task_score(out, batch.query_y)
         return grads, {self.problem.score_name: scores.mean().item()}
 
     def evaluate_batch(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
