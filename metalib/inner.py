@@ -9,24 +9,32 @@ gradient-based algorithm in metalib:
 * ``adapt`` names the parameters that move (all by default; the head for ANIL, whose body
   features are then computed once per task instead of once per step).
 
-The meta-gradient flows through the unrolled loop by a plain ``backward()``. Three strategies
+The meta-gradient flows through the unrolled loop by a plain ``backward()``. Four strategies
 compute the same numbers (``tests/test_inner.py`` checks them against each other, a naive loop
 and finite differences):
 
 ``batched``  the model's own task-batched forward (``model.forward_tasks``): every task in one
              pass, tasks stacked along channels so each convolution is one grouped convolution.
-             Plain autograd, no functorch. Default whenever the model provides it.
+             Plain autograd, no functorch. Default on accelerators whenever the model provides it.
 ``vmap``     ``torch.func.vmap`` over tasks with ``torch.func.grad`` inside; works for any model.
-``loop``     one task after another with ``torch.autograd.grad``; the reference.
+``loop``     one task after another with ``torch.autograd.grad`` (through ``forward_tasks`` with
+             one task when the model has it, else ``functional_call``); the reference.
+``threads``  the loop, with the tasks split over worker threads that each run one intra-op
+             thread, forward *and* backward (:class:`_TaskParallel`). On a CPU this beats
+             splitting each small convolution over the cores. Needs ``forward_tasks``
+             (``functional_call`` swaps module attributes, so it is not thread-safe).
 
-``auto`` picks ``batched`` when the model supports it, except where the model says otherwise for
-CPUs (conv4: grouped convolutions were measured slower than the loop on CPU), else ``vmap`` on
-accelerators and ``loop`` on CPU. BENCHMARKS.md has the measured speeds.
+``auto`` picks ``batched`` when the model supports it, except where the model names another
+strategy for CPUs (conv4: ``threads``; grouped convolutions were measured slower there), else
+``vmap`` on accelerators and ``loop`` on CPU. BENCHMARKS.md has the measured speeds.
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping
+from typing import Callable, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +47,8 @@ __all__ = [
 ]
 
 Params = dict[str, Tensor]
-Strategy = Literal["auto", "batched", "vmap", "loop"]
-STRATEGIES = ("auto", "batched", "vmap", "loop")
+Strategy = Literal["auto", "batched", "vmap", "loop", "threads"]
+STRATEGIES = ("auto", "batched", "vmap", "loop", "threads")
 
 
 @dataclass(frozen=True)
@@ -94,8 +102,8 @@ class InnerConfig:
 def resolve_strategy(strategy: Strategy, device: torch.device, model: nn.Module | None = None) -> str:
     """``auto`` -> ``batched`` if the model has ``forward_tasks`` (unless the model names another
     ``cpu_strategy`` for CPUs, as conv4 does), else vmap on accelerators and loop on CPU."""
-    if strategy == "batched" and model is not None and not hasattr(model, "forward_tasks"):
-        raise ValueError(f"strategy 'batched' needs a model with forward_tasks(); {type(model).__name__} has none "
+    if strategy in ("batched", "threads") and model is not None and not hasattr(model, "forward_tasks"):
+        raise ValueError(f"strategy {strategy!r} needs a model with forward_tasks(); {type(model).__name__} has none "
                          f"(use 'vmap' or 'loop')")
     if strategy != "auto":
         return strategy
@@ -151,21 +159,144 @@ def _functorch_sgd(loss: Callable[[Params], Tensor], fast: Params, lrs, cfg: Inn
     return fast
 
 
-# ---- one task at a time (loop, and the body of vmap) -------------------------------------------
+# ---- one task at a time (loop, threads, and the body of vmap) ----------------------------------
+
+def _one_task_forwards(model: nn.Module, native: bool):
+    """``(forward, embed, head)`` for one task's inputs. ``native``: the model's own task-batched
+    functions with a meta-batch of one (plain autograd, thread-safe); else ``functional_call``.
+    ``forward(p, x, second_order)`` passes the model its speed hint (see ``Conv4.forward_tasks``)."""
+    if native:
+        return (lambda p, x, second_order=False: model.forward_tasks(p, x[None], second_order)[0],
+                lambda p, x: model.embed_tasks(p, x[None])[0],
+                lambda p, h: model.head_tasks(p, h[None])[0])
+    return (lambda p, x, second_order=False: forward(model, p, x),
+            lambda p, x: functional_call(model.features, _sub(p, "features."), (x,)),
+            lambda p, h: functional_call(model.head, _sub(p, "head."), (h,)))
+
 
 def _adapt_one(model: nn.Module, params: Params, lrs, x: Tensor, y: Tensor, cfg: InnerConfig,
-               names: list[str], sgd) -> tuple[Params, Callable[[Params, Tensor], Tensor]]:
+               names: list[str], sgd, native: bool = False) -> tuple[Params, Callable[[Params, Tensor], Tensor]]:
     """Adapt one task; returns the adapted parameters and the forward function they go with."""
+    fwd, embed, head = _one_task_forwards(model, native)
     fixed = {k: v for k, v in params.items() if k not in names}
     fast = {k: params[k] for k in names}
     if _head_only(model, names):
-        body = _sub(params, "features.")
-        features = functional_call(model.features, body, (x,))
-        head = lambda p, h: functional_call(model.head, _sub(p, "head."), (h,))  # noqa: E731
+        features = embed(params, x)  # the body is fixed: its features are computed once per task
         fast = sgd(lambda p: cfg.problem.loss(head(p, features), y), fast, lrs, cfg)
-        return {**fixed, **fast}, lambda p, inp: head(p, functional_call(model.features, body, (inp,)))
-    fast = sgd(lambda p: cfg.problem.loss(forward(model, {**fixed, **p}, x), y), fast, lrs, cfg)
-    return {**fixed, **fast}, lambda p, inp: forward(model, p, inp)
+        return {**fixed, **fast}, lambda p, inp: head(p, embed(p, inp))
+    second_order = not cfg.first_order  # the support passes' graphs are differentiated again
+    fast = sgd(lambda p: cfg.problem.loss(fwd({**fixed, **p}, x, second_order), y), fast, lrs, cfg)
+    return {**fixed, **fast}, fwd
+
+
+def _loop_losses(model: nn.Module, params: Params, lrs, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
+                 cfg: InnerConfig, names: list[str], native: bool) -> tuple[Tensor, Tensor]:
+    losses, scores = [], []
+    for task in zip(sx, sy, qx, qy):
+        fast, fwd = _adapt_one(model, params, lrs, task[0], task[1], cfg, names, _autograd_sgd, native)
+        out = fwd(fast, task[2])
+        losses.append(cfg.problem.loss(out, task[3]))
+        scores.append(cfg.problem.score(out.detach(), task[3]))
+    return torch.stack(losses), torch.stack(scores)
+
+
+# ---- tasks spread over worker threads ------------------------------------------------------------
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has the pools but not their threads
+
+
+def _one_intra_op_thread() -> None:
+    torch.get_num_threads()  # first call in a thread: torch initialises the thread's count (from the global)
+    torch.set_num_threads(1)  # ... so that this setting sticks to the thread
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A persistent pool whose threads each run one intra-op thread (the parallelism is across tasks)."""
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            caller_threads = torch.get_num_threads()
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="metalib-tasks", initializer=_one_intra_op_thread)
+            started = threading.Barrier(workers)
+            list(pool.map(lambda _: started.wait(timeout=60), range(workers)))  # start every worker now
+            # torch.set_num_threads also sets the default for threads started later: give that back
+            torch.set_num_threads(caller_threads)
+            _POOLS[workers] = pool
+        return _POOLS[workers]
+
+
+def _chunks(n_tasks: int) -> list[slice]:
+    """Contiguous slices of the meta-batch, one per worker (as many workers as torch has threads)."""
+    workers = max(1, min(torch.get_num_threads(), n_tasks))
+    bounds = [round(i * n_tasks / workers) for i in range(workers + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _map_chunks(fn: Callable[[slice], object], chunks: Sequence[slice]) -> list:
+    """``[fn(chunk) for chunk in chunks]`` on the worker threads, in the caller's grad mode."""
+    grad_mode = torch.is_grad_enabled()
+
+    def work(chunk: slice):
+        with torch.set_grad_enabled(grad_mode):
+            return fn(chunk)
+    return list(_pool(len(chunks)).map(work, chunks))
+
+
+class _TaskParallel(torch.autograd.Function):
+    """Per-task query losses computed by worker threads, each on its own chunk of tasks, in the forward
+    *and* the backward pass: the autograd engine would run one backward over all tasks on one CPU
+    thread. ``run(leaves, chunk) -> (losses, scores)`` builds a chunk's graph from detached copies of
+    the meta-parameters; the backward differentiates each chunk's graph in its worker and sums."""
+
+    @staticmethod
+    def forward(ctx, run, chunks: list[slice], *inputs: Tensor):
+        def work(chunk: slice):
+            with torch.enable_grad():
+                leaves = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
+                losses, scores = run(leaves, chunk)
+            return leaves, losses, scores
+        ctx.parts = _map_chunks(work, chunks)
+        ctx.chunks = chunks
+        scores = torch.cat([s for _, _, s in ctx.parts])
+        ctx.mark_non_differentiable(scores)
+        return torch.cat([l.detach() for _, l, _ in ctx.parts]), scores
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_losses: Tensor, _grad_scores: Tensor):
+        parts, ctx.parts = ctx.parts, None  # free the graphs as soon as they are used
+        wanted = [i for i, t in enumerate(parts[0][0]) if t.requires_grad]
+
+        def work(i: int):
+            leaves, losses, _ = parts[i]
+            return torch.autograd.grad(losses, [leaves[j] for j in wanted], grad_losses[ctx.chunks[i]],
+                                       allow_unused=True)
+        grads: list[Tensor | None] = [None] * len(parts[0][0])
+        for part in list(_pool(len(parts)).map(work, range(len(parts)))):
+            for j, g in zip(wanted, part):
+                if g is not None:
+                    grads[j] = g if grads[j] is None else grads[j] + g
+        return (None, None, *grads)
+
+
+def _threaded_losses(model: nn.Module, params: Params, lrs, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
+                     cfg: InnerConfig, names: list[str]) -> tuple[Tensor, Tensor]:
+    chunks = _chunks(len(sx))
+    if len(chunks) == 1:
+        return _loop_losses(model, params, lrs, sx, sy, qx, qy, cfg, names, native=True)
+    keys, lr_keys = list(params), (list(lrs) if isinstance(lrs, Mapping) else [])
+    inputs = [params[k] for k in keys] + [lrs[k] for k in lr_keys]
+
+    def run(leaves: list[Tensor], chunk: slice) -> tuple[Tensor, Tensor]:
+        p = dict(zip(keys, leaves[:len(keys)]))
+        lr = dict(zip(lr_keys, leaves[len(keys):])) if lr_keys else lrs
+        return _loop_losses(model, p, lr, sx[chunk], sy[chunk], qx[chunk], qy[chunk], cfg, names, native=True)
+
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _TaskParallel.apply(run, chunks, *inputs)
+    parts = _map_chunks(lambda chunk: run(inputs, chunk), chunks)
+    return torch.cat([l for l, _ in parts]), torch.cat([s for _, s in parts])
 
 
 # ---- every task at once (batched) ---------------------------------------------------------------
@@ -185,7 +316,8 @@ def _adapt_batched(model: nn.Module, params: Params, lrs, x: Tensor, y: Tensor, 
         fast = _autograd_sgd(lambda p: cfg.problem.task_loss(model.head_tasks(p, features), y).sum(),
                              fast, lrs, cfg)
         return {**fixed, **fast}, lambda p, inp: model.head_tasks(p, model.embed_tasks(p, inp))
-    fast = _autograd_sgd(lambda p: cfg.problem.task_loss(model.forward_tasks({**fixed, **p}, x), y).sum(),
+    second_order = not cfg.first_order  # the support passes' graphs are differentiated again
+    fast = _autograd_sgd(lambda p: cfg.problem.task_loss(model.forward_tasks({**fixed, **p}, x, second_order), y).sum(),
                          fast, lrs, cfg)
     return {**fixed, **fast}, model.forward_tasks
 
@@ -208,8 +340,15 @@ def adapt(model: nn.Module, params: Params, support_x: Tensor, support_y: Tensor
     if strategy == "vmap":
         return vmap(lambda x, y: _adapt_one(model, params, lr, x, y, cfg, names, _functorch_sgd)[0])(
             support_x, support_y)
-    per_task = [_adapt_one(model, params, lr, x, y, cfg, names, _autograd_sgd)[0]
-                for x, y in zip(support_x, support_y)]
+    native = hasattr(model, "forward_tasks")
+
+    def run(chunk: slice) -> list[Params]:
+        return [_adapt_one(model, params, lr, x, y, cfg, names, _autograd_sgd, native)[0]
+                for x, y in zip(support_x[chunk], support_y[chunk])]
+    if strategy == "threads":
+        per_task = [p for part in _map_chunks(run, _chunks(B)) for p in part]
+    else:
+        per_task = run(slice(None))
     return {k: torch.stack([p[k] for p in per_task]) for k in params}
 
 
@@ -230,14 +369,15 @@ def task_losses(model: nn.Module, params: Params, support_x: Tensor, support_y: 
         out = fwd(fast, query_x)
         return problem.task_loss(out, query_y), problem.task_score(out.detach(), query_y)
 
-    sgd = _functorch_sgd if strategy == "vmap" else _autograd_sgd
+    if strategy == "threads":
+        return _threaded_losses(model, params, lr, support_x, support_y, query_x, query_y, cfg, names)
+    if strategy == "loop":
+        return _loop_losses(model, params, lr, support_x, support_y, query_x, query_y, cfg, names,
+                            native=hasattr(model, "forward_tasks"))
 
     def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-        fast, fwd = _adapt_one(model, params, lr, sx, sy, cfg, names, sgd)
+        fast, fwd = _adapt_one(model, params, lr, sx, sy, cfg, names, _functorch_sgd)
         out = fwd(fast, qx)
         return problem.loss(out, qy), problem.score(out.detach(), qy)
 
-    if strategy == "vmap":
-        return vmap(one)(support_x, support_y, query_x, query_y)
-    results = [one(*t) for t in zip(support_x, support_y, query_x, query_y)]
-    return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
+    return vmap(one)(support_x, support_y, query_x, query_y)

@@ -39,30 +39,41 @@ class TaskBatchNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.normalize(x, self.weight, self.bias)
 
-    def normalize(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """Batch-normalise ``x`` over all dims but 1, then scale and shift per channel."""
+    def normalize(self, x: Tensor, weight: Tensor, bias: Tensor, fused: bool = False) -> Tensor:
+        """Batch-normalise ``x`` over all dims but 1, then scale and shift per channel.
+
+        ``fused=True`` lets ``F.batch_norm`` apply the affine transform itself: one kernel instead of
+        three, but a costlier double backward. Only for plain autograd, never under ``vmap``.
+        """
+        if fused:
+            return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
         x = F.batch_norm(x, None, None, training=True, eps=self.eps)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x * weight.view(shape) + bias.view(shape)
 
 
 class Conv4(nn.Module):
-    """Four blocks of [3x3 conv (hidden channels), BatchNorm, ReLU, 2x2 max-pool], then a linear head.
+    """Four blocks of [3x3 conv (hidden channels), BatchNorm, 2x2 max-pool, ReLU], then a linear head.
 
     28x28 inputs shrink to 14, 7, 3, 1, so the head sees ``hidden`` features.
     With ``n_classes=0`` there is no head and the network returns its embedding (ProtoNets).
+    Max-pooling before the ReLU computes exactly the usual conv-BN-ReLU-pool block (both are
+    monotone, so they commute, gradients included) with the ReLU on a quarter of the values.
     """
 
-    # On CPUs, grouped convolutions over a meta-batch measured slower than a per-task loop (0.73x at
-    # meta-batch 32, 1 thread, with 50x the memory; BENCHMARKS.md), so strategy="auto" loops there.
-    cpu_strategy = "loop"
+    # On CPUs, grouped convolutions over a meta-batch measured slower than per-task convolutions
+    # (BENCHMARKS.md), so strategy="auto" runs tasks one by one there, spread over worker threads.
+    cpu_strategy = "threads"
+    # On CPUs, passes differentiated once (query sets, first-order inner steps) measured faster in
+    # NHWC (channels-last) layout with fused BatchNorm; see embed_tasks.
+    cpu_channels_last = True
 
     def __init__(self, n_classes: int = 5, in_channels: int = 1, hidden: int = 64, image_size: int = 28):
         super().__init__()
         blocks = []
         channels = in_channels
         for _ in range(4):
-            blocks += [nn.Conv2d(channels, hidden, 3, padding=1), TaskBatchNorm(hidden), nn.ReLU(), nn.MaxPool2d(2)]
+            blocks += [nn.Conv2d(channels, hidden, 3, padding=1), TaskBatchNorm(hidden), nn.MaxPool2d(2), nn.ReLU()]
             channels = hidden
         self.features = nn.Sequential(*blocks, nn.Flatten())
         side = image_size
@@ -81,28 +92,42 @@ class Conv4(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
-    def forward_tasks(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+    def forward_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False) -> Tensor:
         """Every task of a meta-batch in one pass: ``x`` is ``[B, n, C, H, W]``, each parameter is
         either shared (its usual shape) or per task (``[B, *shape]``); returns ``[B, n, out]``.
 
         Tasks are stacked along channels, ``[n, B*C, H, W]``, so each conv is one grouped
         convolution and ``F.batch_norm`` over ``B*C`` channels gives per-task statistics.
+        ``second_order`` is a speed hint, never a change in the numbers: the graph of this pass will
+        be differentiated twice (second-order inner steps), see :meth:`embed_tasks`.
         """
-        return self.head_tasks(params, self.embed_tasks(params, x))
+        return self.head_tasks(params, self.embed_tasks(params, x, second_order))
 
-    def embed_tasks(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """The body of :meth:`forward_tasks`: ``[B, n, C, H, W]`` -> ``[B, n, embedding_dim]``."""
+    def embed_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False) -> Tensor:
+        """The body of :meth:`forward_tasks`: ``[B, n, C, H, W]`` -> ``[B, n, embedding_dim]``.
+
+        Passes differentiated once run BatchNorm fused and, on CPUs, in channels-last layout
+        (faster max-pooling and no layout copies in oneDNN). Passes differentiated twice keep
+        NCHW and an unfused BatchNorm, whose double backward is much cheaper than the fused one's
+        (measured on CPU, BENCHMARKS.md).
+        """
         B, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
+        channels_last = self.cpu_channels_last and x.device.type == "cpu" and not second_order
         for i, layer in enumerate(self.features):
             if isinstance(layer, nn.Conv2d):
                 w = _per_task(params[f"features.{i}.weight"], B, layer.weight)
                 b = _per_task(params[f"features.{i}.bias"], B, layer.bias)
-                h = F.conv2d(h, w.flatten(0, 1), b.flatten(), padding=layer.padding, groups=B)
+                if channels_last and B == 1 and h.shape[1] == 1:
+                    h = _conv_one_channel_nhwc(h, w[0], b[0], layer)
+                else:
+                    h = F.conv2d(h, w.flatten(0, 1), b.flatten(), padding=layer.padding, groups=B)
+                    if channels_last:
+                        h = h.contiguous(memory_format=torch.channels_last)
             elif isinstance(layer, TaskBatchNorm):
                 w = _per_task(params[f"features.{i}.weight"], B, layer.weight)
                 b = _per_task(params[f"features.{i}.bias"], B, layer.bias)
-                h = layer.normalize(h, w.flatten(), b.flatten())
+                h = layer.normalize(h, w.flatten(), b.flatten(), fused=not second_order)
             elif isinstance(layer, nn.Flatten):
                 h = h.reshape(n, B, -1).transpose(0, 1)  # [B, n, features]
             else:  # ReLU, MaxPool2d: per channel, so per task
@@ -116,6 +141,20 @@ class Conv4(nn.Module):
         B = h.shape[0]
         return _linear_tasks(h, _per_task(params["head.weight"], B, self.head.weight),
                              _per_task(params["head.bias"], B, self.head.bias))
+
+
+def _conv_one_channel_nhwc(x: Tensor, w: Tensor, b: Tensor, layer: nn.Conv2d) -> Tensor:
+    """A convolution of a one-channel image as a matrix product that writes channels-last output.
+
+    A one-channel input has no memory layout to pass on, so ``F.conv2d`` returns NCHW and the
+    conversion (forward) and its inverse (backward) would copy the largest activation twice.
+    """
+    n, _, height, width = x.shape
+    cols = F.unfold(x, layer.kernel_size, padding=layer.padding, stride=layer.stride)  # [n, k*k, H'*W']
+    out_h = (height + 2 * layer.padding[0] - layer.kernel_size[0]) // layer.stride[0] + 1
+    out_w = (width + 2 * layer.padding[1] - layer.kernel_size[1]) // layer.stride[1] + 1
+    out = torch.addmm(b, cols.transpose(1, 2).flatten(0, 1), w.flatten(1).t())  # [n*H'*W', C_out]
+    return out.view(n, out_h, out_w, -1).permute(0, 3, 1, 2)
 
 
 def _per_task(p: Tensor, tasks: int, layer_param: Tensor) -> Tensor:
@@ -148,11 +187,12 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
-    def forward_tasks(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """All tasks in one pass: ``x`` ``[B, n, in]``, parameters shared or ``[B, *shape]``; returns ``[B, n, out]``."""
+    def forward_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False) -> Tensor:
+        """All tasks in one pass: ``x`` ``[B, n, in]``, parameters shared or ``[B, *shape]``; returns ``[B, n, out]``.
+        (``second_order``: the speed hint of :meth:`Conv4.forward_tasks`; nothing to choose here.)"""
         return self.head_tasks(params, self.embed_tasks(params, x))
 
-    def embed_tasks(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+    def embed_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False) -> Tensor:
         h = x
         for k, layer in self.features.named_children():
             h = self._layer_tasks(layer, f"features.{k}", params, h)

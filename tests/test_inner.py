@@ -1,7 +1,7 @@
 """The inner-loop core and the algorithms built on it, checked in float64.
 
 * second-order meta-gradient of the real conv4 (with BatchNorm) vs central finite differences,
-  for the batched (vmap) and the per-task (loop) strategies;
+  for every strategy (batched, vmap, loop, threads);
 * every algorithm's batched meta-gradient vs a naive per-task loop written with
   ``torch.autograd.grad(create_graph=True)``, to ~1e-10;
 * first-order MAML == query gradient at the adapted weights; ANIL keeps the body fixed;
@@ -74,8 +74,8 @@ def flat(grads) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-@pytest.mark.parametrize("strategy", ["batched", "vmap", "loop"])
-def test_conv4_second_order_meta_gradient_matches_finite_differences(strategy):
+@pytest.mark.parametrize("strategy", ["batched", "vmap", "loop", "threads"])
+def test_conv4_second_order_meta_gradient_matches_finite_differences(strategy, two_or_more_threads):
     model = conv4(5, seed=0).double()
     batch = omniglot_like_batch(tasks=3, queries=5)
     learner = maml(model, inner_lr=0.4, steps=2, strategy=strategy)
@@ -115,9 +115,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("strategy", ["batched", "vmap", "loop"])
+@pytest.mark.parametrize("strategy", ["batched", "vmap", "loop", "threads"])
 @pytest.mark.parametrize("algo", sorted(CASES))
-def test_batched_core_equals_naive_loop(algo, strategy):
+def test_batched_core_equals_naive_loop(algo, strategy, two_or_more_threads):
     case = CASES[algo]
     model = conv4(5, hidden=32, seed=0).double()
     learner = case["make"](model, strategy)
@@ -146,8 +146,8 @@ def test_regression_core_equals_naive_loop():
     assert diff < 1e-10
 
 
-@pytest.mark.parametrize("strategy", ["batched", "vmap", "loop"])
-def test_first_order_gradient_is_query_gradient_at_adapted_weights(strategy):
+@pytest.mark.parametrize("strategy", ["batched", "vmap", "loop", "threads"])
+def test_first_order_gradient_is_query_gradient_at_adapted_weights(strategy, two_or_more_threads):
     model = conv4(5, hidden=32, seed=1).double()
     learner = fomaml(model, inner_lr=0.4, steps=3, strategy=strategy)
     batch = omniglot_like_batch(tasks=2, seed=5)
@@ -221,9 +221,70 @@ def test_unknown_adapt_names_are_rejected():
 def test_auto_strategy_follows_the_measurements():
     from metalib.inner import resolve_strategy
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert resolve_strategy("auto", cpu, conv4(5)) == "loop"  # grouped convs lose on CPU (BENCHMARKS.md)
+    assert resolve_strategy("auto", cpu, conv4(5)) == "threads"  # grouped convs lose on CPU (BENCHMARKS.md)
     assert resolve_strategy("auto", cpu, mlp()) == "batched"
     assert resolve_strategy("auto", gpu, conv4(5)) == "batched"
     assert resolve_strategy("auto", gpu, torch.nn.Linear(1, 1)) == "vmap"
     with pytest.raises(ValueError, match="forward_tasks"):
         resolve_strategy("batched", cpu, torch.nn.Linear(1, 1))
+
+
+@pytest.fixture
+def two_or_more_threads():
+    """The threads strategy spreads tasks over ``torch.get_num_threads()`` workers: make that >= 2 here."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(2, old))
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_conv4_task_forward_layouts_agree_with_the_module(tasks):
+    """forward_tasks (channels-last + fused BatchNorm, or NCHW + unfused for second-order passes)
+    computes what the plain module computes, values and gradients."""
+    model = conv4(5, seed=0).double()
+    batch = omniglot_like_batch(tasks=tasks, queries=3)
+    params = dict(model.named_parameters())
+    expected = torch.stack([model(x) for x in batch.query_x])
+    for second_order in (False, True):
+        out = model.forward_tasks(params, batch.query_x, second_order)
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+        got = torch.autograd.grad(out.square().sum(), list(params.values()))
+        want = torch.autograd.grad(expected.square().sum(), list(params.values()), retain_graph=True)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10)  # conv biases: ~0 (BatchNorm cancels them)
+
+
+def test_threads_strategy_is_deterministic_and_leaves_thread_settings_alone(two_or_more_threads):
+    import threading
+    model = conv4(5, hidden=16, seed=0).double()
+    batch = omniglot_like_batch(tasks=5)
+    threads = torch.get_num_threads()
+    first = maml(model, steps=2, strategy="threads").meta_gradient(batch)[0]
+    second = maml(model, steps=2, strategy="threads").meta_gradient(batch)[0]
+    for k in first:
+        assert torch.equal(first[k], second[k]), k
+    assert torch.get_num_threads() == threads  # workers run one intra-op thread each, the caller keeps its own
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert seen == [threads]  # and threads started later get the caller's setting, not the workers'
+    from metalib.inner import _pool
+    assert set(_pool(threads).map(lambda _: torch.get_num_threads(), range(threads))) == {1}
+
+
+def test_threads_strategy_evaluates_and_reports_worker_errors(two_or_more_threads):
+    model = conv4(5, hidden=16, seed=0).double()
+    batch = omniglot_like_batch(tasks=4)
+    scores = {s: maml(model, steps=2, strategy=s).evaluate_batch(batch) for s in ("threads", "loop")}
+    torch.testing.assert_close(scores["threads"], scores["loop"])
+    bad = TaskBatch(batch.support_x, batch.support_y, batch.query_x, batch.query_y + 7)  # labels out of range
+    with pytest.raises((IndexError, RuntimeError)):
+        maml(model, steps=1, strategy="threads").meta_gradient(bad)
+
+
+def test_threads_strategy_needs_a_thread_safe_forward():
+    from metalib.inner import resolve_strategy
+    with pytest.raises(ValueError, match="forward_tasks"):
+        resolve_strategy("threads", torch.device("cpu"), torch.nn.Linear(1, 1))
