@@ -3,7 +3,7 @@
     python benchmarks/foundation.py protonet    # ProtoNets, Omniglot 5-way 1-shot
     python benchmarks/foundation.py maml        # second-order MAML, 5-way 1-shot, fixed time budget
     python benchmarks/foundation.py sinusoid    # MAML vs joint pre-training on sinusoids, 5-shot
-    python benchmarks/foundation.py throughput  # batched core vs naive per-task loop, tasks/s
+    python benchmarks/foundation.py throughput  # metalib's strategies vs the naive per-task loop, tasks/s
 
 Each prints its result and writes JSON (and the training history as CSV) to ``--out``
 (default ``output/benchmarks``). Test results are over the Vinyals test split, 600 tasks, 95% CI.
@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import meta_gradient_naive  # noqa: E402
 
 from metalib import (EpisodeSampler, SinusoidTasks, conv4, evaluate, maml, meta_train, mlp,
                      omniglot_splits, pretrain, protonet, resolve_device)
@@ -94,43 +93,27 @@ def run_sinusoid(args) -> None:
     _save(args.out, "sinusoid", out)
 
 
-def naive_meta_step(model, batch, inner_lr: float, steps: int):
-    """The textbook per-task MAML loop (``benchmarks/peers.py``), the baseline."""
-    return meta_gradient_naive(model, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
-                               inner_lr=inner_lr, steps=steps, first_order=False)
-
-
 def run_throughput(args) -> None:
+    """metalib's strategies against the naive loop (no peer libraries needed): the interleaved timing of
+    ``inner_loop.py``, which also runs the peers."""
+    from argparse import Namespace
+
+    from inner_loop import WORKLOADS, check_agreement, time_workload
+    workloads = [w for w, (steps, fo) in WORKLOADS.items() if steps in args.inner_steps and not fo]
+    variants = ["metalib", "metalib-threads", "metalib-loop", "metalib-batched", "naive"]
     device = resolve_device(args.device)
-    g = torch.Generator().manual_seed(0)
-    images = (torch.rand(100, 20, 28, 28, generator=g) * 255).to(torch.uint8)
-    sampler = EpisodeSampler(images, ways=5, shots=1, queries=15, seed=0, device=device)
-    batch = sampler.batch(range(args.meta_batch))
-    model = conv4(5, seed=0, device=device)
+    for k, v in check_agreement(variants, device).items():
+        print(f"agreement {k}: max |g - g_naive| = {v:.1e}")
     rows = {}
-    for steps in args.inner_steps:
-        variants = {"naive loop": lambda: naive_meta_step(model, batch, 0.4, steps)}
-        for strategy in ("batched", "loop"):
-            learner = maml(model, inner_lr=0.4, steps=steps, strategy=strategy)
-            variants[f"metalib {strategy}"] = lambda learner=learner: learner.meta_gradient(batch)
-        # same meta-gradient before timing
-        ref = naive_meta_step(model, batch, 0.4, steps)
-        for name in ("metalib batched", "metalib loop"):
-            got = list(variants[name]()[0].values())
-            diff = max((a - b).abs().max().item() for a, b in zip(got, ref.values()))
-            print(f"steps={steps} {name}: max |grad - naive| = {diff:.2e}")
-        for name, fn in variants.items():
-            fn()
-            start = time.perf_counter()
-            for _ in range(args.repeats):
-                fn()
-            sec = (time.perf_counter() - start) / args.repeats
-            rows[f"{name} steps={steps}"] = {"s_per_meta_step": sec, "tasks_per_s": args.meta_batch / sec}
-        base = rows[f"naive loop steps={steps}"]["tasks_per_s"]
-        for name in variants:
-            rows[f"{name} steps={steps}"]["x_naive"] = rows[f"{name} steps={steps}"]["tasks_per_s"] / base
+    for wl in workloads:
+        times = time_workload(variants, wl, Namespace(device=args.device, meta_batch=args.meta_batch, warmup=1,
+                                                      repeats=args.repeats))
+        median = {v: sorted(t)[len(t) // 2] for v, t in times.items()}
+        for v, sec in median.items():
+            rows[f"{v} | {wl}"] = {"s_per_meta_step": sec, "tasks_per_s": args.meta_batch / sec,
+                                   "x_naive": median["naive"] / sec}
     for k, v in rows.items():
-        print(f"{k:32s} {v['s_per_meta_step']:8.3f} s/step {v['tasks_per_s']:8.2f} tasks/s {v['x_naive']:5.2f}x")
+        print(f"{k:40s} {v['s_per_meta_step']:8.3f} s/step {v['tasks_per_s']:8.2f} tasks/s {v['x_naive']:5.2f}x")
     _save(args.out, "throughput", {"meta_batch": args.meta_batch, "device": str(device),
                                    "threads": torch.get_num_threads(), "rows": rows})
 
@@ -150,7 +133,7 @@ def main() -> None:
     p.add_argument("--train-queries", type=int, default=15)
     p.add_argument("--sine-steps", type=int, default=70000)
     p.add_argument("--inner-steps", type=int, nargs="+", default=[1])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     {"protonet": run_protonet, "maml": run_maml, "sinusoid": run_sinusoid, "throughput": run_throughput}[args.what](args)
 

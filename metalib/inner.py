@@ -136,6 +136,8 @@ def _sub(params: Mapping[str, Tensor], prefix: str) -> Params:
 
 
 def _step(fast: Params, grads: Mapping[str, Tensor], lrs: Mapping[str, Tensor] | float) -> Params:
+    if isinstance(lrs, (int, float)):
+        return {k: torch.add(w, grads[k], alpha=-lrs) for k, w in fast.items()}  # one kernel, not two
     return {k: w - (lrs[k] if isinstance(lrs, Mapping) else lrs) * grads[k] for k, w in fast.items()}
 
 

@@ -49,7 +49,7 @@ class TaskBatchNorm(nn.Module):
             return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
         x = F.batch_norm(x, None, None, training=True, eps=self.eps)
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return x * weight.view(shape) + bias.view(shape)
+        return torch.addcmul(bias.view(shape), x, weight.view(shape))
 
 
 class Conv4(nn.Module):
@@ -64,8 +64,7 @@ class Conv4(nn.Module):
     # On CPUs, grouped convolutions over a meta-batch measured slower than per-task convolutions
     # (BENCHMARKS.md), so strategy="auto" runs tasks one by one there, spread over worker threads.
     cpu_strategy = "threads"
-    # On CPUs, passes differentiated once (query sets, first-order inner steps) measured faster in
-    # NHWC (channels-last) layout with fused BatchNorm; see embed_tasks.
+    # CPU activations in NHWC (channels-last) layout measured faster; see embed_tasks.
     cpu_channels_last = True
 
     def __init__(self, n_classes: int = 5, in_channels: int = 1, hidden: int = 64, image_size: int = 28):
@@ -106,14 +105,14 @@ class Conv4(nn.Module):
     def embed_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False) -> Tensor:
         """The body of :meth:`forward_tasks`: ``[B, n, C, H, W]`` -> ``[B, n, embedding_dim]``.
 
-        Passes differentiated once run BatchNorm fused and, on CPUs, in channels-last layout
-        (faster max-pooling and no layout copies in oneDNN). Passes differentiated twice keep
-        NCHW and an unfused BatchNorm, whose double backward is much cheaper than the fused one's
-        (measured on CPU, BENCHMARKS.md).
+        On CPUs activations are channels-last (oneDNN's convolutions, BatchNorm and max-pooling run
+        without layout copies; max-pooling measured ~8x faster). BatchNorm is fused for passes
+        differentiated once; passes differentiated twice use the unfused form, whose double backward
+        is much cheaper than the fused one's (measured on CPU, BENCHMARKS.md).
         """
         B, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
-        channels_last = self.cpu_channels_last and x.device.type == "cpu" and not second_order
+        channels_last = self.cpu_channels_last and x.device.type == "cpu"
         for i, layer in enumerate(self.features):
             if isinstance(layer, nn.Conv2d):
                 w = _per_task(params[f"features.{i}.weight"], B, layer.weight)
@@ -160,7 +159,8 @@ def _conv_one_channel_nhwc(x: Tensor, w: Tensor, b: Tensor, layer: nn.Conv2d) ->
 def _per_task(p: Tensor, tasks: int, layer_param: Tensor) -> Tensor:
     """``[B, *shape]`` per-task parameters pass through; shared ones are broadcast (a view, no copy)."""
     if p.dim() == layer_param.dim():
-        return p.expand(tasks, *p.shape)
+        # unsqueeze, not expand, for one task: its backward is a view, expand's is a summation kernel
+        return p.unsqueeze(0) if tasks == 1 else p.expand(tasks, *p.shape)
     if p.dim() == layer_param.dim() + 1 and p.shape[0] == tasks:
         return p
     raise ValueError(f"parameter of shape {tuple(p.shape)} fits neither {tuple(layer_param.shape)} "
