@@ -18,11 +18,12 @@ and finite differences):
              Plain autograd, no functorch. Default on accelerators whenever the model provides it.
 ``vmap``     ``torch.func.vmap`` over tasks with ``torch.func.grad`` inside; works for any model.
 ``loop``     one task after another with ``torch.autograd.grad`` (through ``forward_tasks`` with
-             one task when the model has it, else ``functional_call``); the reference.
+             one task when the model has it, else ``functional_call``); the reference. Each task's
+             meta-gradient is taken as soon as its query loss is known, so only one task's graph
+             is alive at a time (:class:`_PerTaskGradients`), as in a hand-written loop.
 ``threads``  the loop, with the tasks split over worker threads that each run one intra-op
-             thread, forward *and* backward (:class:`_TaskParallel`). On a CPU this beats
-             splitting each small convolution over the cores. Needs ``forward_tasks``
-             (``functional_call`` swaps module attributes, so it is not thread-safe).
+             thread. On a CPU this beats splitting each small convolution over the cores. Needs
+             ``forward_tasks`` (``functional_call`` swaps module attributes: not thread-safe).
 
 ``auto`` picks ``batched`` when the model supports it, except where the model names another
 strategy for CPUs (conv4: ``threads``; grouped convolutions were measured slower there), else
@@ -191,15 +192,12 @@ def _adapt_one(model: nn.Module, params: Params, lrs, x: Tensor, y: Tensor, cfg:
     return {**fixed, **fast}, fwd
 
 
-def _loop_losses(model: nn.Module, params: Params, lrs, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
-                 cfg: InnerConfig, names: list[str], native: bool) -> tuple[Tensor, Tensor]:
-    losses, scores = [], []
-    for task in zip(sx, sy, qx, qy):
-        fast, fwd = _adapt_one(model, params, lrs, task[0], task[1], cfg, names, _autograd_sgd, native)
-        out = fwd(fast, task[2])
-        losses.append(cfg.problem.loss(out, task[3]))
-        scores.append(cfg.problem.score(out.detach(), task[3]))
-    return torch.stack(losses), torch.stack(scores)
+def _task_loss(model: nn.Module, params: Params, lrs, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
+               cfg: InnerConfig, names: list[str], native: bool) -> tuple[Tensor, Tensor]:
+    """One task: adapt on its support set, then its query loss (differentiable) and score (detached)."""
+    fast, fwd = _adapt_one(model, params, lrs, sx, sy, cfg, names, _autograd_sgd, native)
+    out = fwd(fast, qx)
+    return cfg.problem.loss(out, qy), cfg.problem.score(out.detach(), qy)
 
 
 # ---- tasks spread over worker threads ------------------------------------------------------------
@@ -245,59 +243,71 @@ def _map_chunks(fn: Callable[[slice], object], chunks: Sequence[slice]) -> list:
     return list(_pool(len(chunks)).map(work, chunks))
 
 
-class _TaskParallel(torch.autograd.Function):
-    """Per-task query losses computed by worker threads, each on its own chunk of tasks, in the forward
-    *and* the backward pass: the autograd engine would run one backward over all tasks on one CPU
-    thread. ``run(leaves, chunk) -> (losses, scores)`` builds a chunk's graph from detached copies of
-    the meta-parameters; the backward differentiates each chunk's graph in its worker and sums."""
+class _PerTaskGradients(torch.autograd.Function):
+    """Per-task query losses whose gradients are taken task by task *during the forward pass*.
+
+    Each task's graph (the activations of all its inner steps) is freed as soon as its gradient is
+    known, as in a naive loop, instead of living until one backward over the whole meta-batch: memory
+    holds one task's graph per worker plus a ``B x (meta-parameters)`` Jacobian, which the backward
+    pass contracts with the incoming gradient of the losses. With ``parallel`` the chunks of tasks run
+    on the worker threads; the autograd engine would run a single backward on one CPU thread.
+    ``run(leaves, i) -> (loss, score)`` builds task ``i``'s graph from detached copies of the inputs.
+    """
 
     @staticmethod
-    def forward(ctx, run, chunks: list[slice], *inputs: Tensor):
+    def forward(ctx, run, chunks: list[slice], parallel: bool, *inputs: Tensor):
+        wanted = [j for j, t in enumerate(inputs) if t.requires_grad]
+
         def work(chunk: slice):
-            with torch.enable_grad():
-                leaves = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
-                losses, scores = run(leaves, chunk)
-            return leaves, losses, scores
-        ctx.parts = _map_chunks(work, chunks)
-        ctx.chunks = chunks
-        scores = torch.cat([s for _, _, s in ctx.parts])
+            leaves = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
+            losses, scores, jacobian = [], [], []
+            for i in range(chunk.start, chunk.stop):
+                with torch.enable_grad():
+                    loss, score = run(leaves, i)
+                    grads = torch.autograd.grad(loss, [leaves[j] for j in wanted], allow_unused=True)
+                losses.append(loss.detach())
+                scores.append(score)
+                jacobian.append([torch.zeros_like(leaves[j]) if g is None else g for j, g in zip(wanted, grads)])
+            return losses, scores, jacobian
+        parts = _map_chunks(work, chunks) if parallel else [work(c) for c in chunks]
+        ctx.wanted, ctx.n_inputs = wanted, len(inputs)
+        ctx.jacobian = [row for _, _, jac in parts for row in jac]
+        scores = torch.stack([s for _, part, _ in parts for s in part])
         ctx.mark_non_differentiable(scores)
-        return torch.cat([l.detach() for _, l, _ in ctx.parts]), scores
+        return torch.stack([l for part, _, _ in parts for l in part]), scores
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_losses: Tensor, _grad_scores: Tensor):
-        parts, ctx.parts = ctx.parts, None  # free the graphs as soon as they are used
-        wanted = [i for i, t in enumerate(parts[0][0]) if t.requires_grad]
-
-        def work(i: int):
-            leaves, losses, _ = parts[i]
-            return torch.autograd.grad(losses, [leaves[j] for j in wanted], grad_losses[ctx.chunks[i]],
-                                       allow_unused=True)
-        grads: list[Tensor | None] = [None] * len(parts[0][0])
-        for part in list(_pool(len(parts)).map(work, range(len(parts)))):
-            for j, g in zip(wanted, part):
-                if g is not None:
-                    grads[j] = g if grads[j] is None else grads[j] + g
-        return (None, None, *grads)
+        grads: list[Tensor | None] = [None] * ctx.n_inputs
+        for k, j in enumerate(ctx.wanted):
+            per_task = torch.stack([row[k] for row in ctx.jacobian])  # [B, *shape]
+            grads[j] = torch.tensordot(grad_losses.to(per_task.dtype), per_task, dims=1)
+        ctx.jacobian = None
+        return (None, None, None, *grads)
 
 
-def _threaded_losses(model: nn.Module, params: Params, lrs, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
-                     cfg: InnerConfig, names: list[str]) -> tuple[Tensor, Tensor]:
-    chunks = _chunks(len(sx))
-    if len(chunks) == 1:
-        return _loop_losses(model, params, lrs, sx, sy, qx, qy, cfg, names, native=True)
+def _per_task_losses(model: nn.Module, params: Params, lrs, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
+                     cfg: InnerConfig, names: list[str], parallel: bool) -> tuple[Tensor, Tensor]:
+    """The ``loop`` (``parallel=False``) and ``threads`` strategies of :func:`task_losses`."""
+    native = hasattr(model, "forward_tasks")
+    chunks = _chunks(len(sx)) if parallel else [slice(0, len(sx))]
+    parallel = len(chunks) > 1
     keys, lr_keys = list(params), (list(lrs) if isinstance(lrs, Mapping) else [])
     inputs = [params[k] for k in keys] + [lrs[k] for k in lr_keys]
 
-    def run(leaves: list[Tensor], chunk: slice) -> tuple[Tensor, Tensor]:
+    def run(leaves: list[Tensor], i: int) -> tuple[Tensor, Tensor]:
         p = dict(zip(keys, leaves[:len(keys)]))
         lr = dict(zip(lr_keys, leaves[len(keys):])) if lr_keys else lrs
-        return _loop_losses(model, p, lr, sx[chunk], sy[chunk], qx[chunk], qy[chunk], cfg, names, native=True)
+        return _task_loss(model, p, lr, sx[i], sy[i], qx[i], qy[i], cfg, names, native)
 
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        return _TaskParallel.apply(run, chunks, *inputs)
-    parts = _map_chunks(lambda chunk: run(inputs, chunk), chunks)
+        return _PerTaskGradients.apply(run, chunks, parallel, *inputs)
+
+    def work(chunk: slice) -> tuple[Tensor, Tensor]:
+        results = [run(inputs, i) for i in range(chunk.start, chunk.stop)]
+        return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
+    parts = _map_chunks(work, chunks) if parallel else [work(c) for c in chunks]
     return torch.cat([l for l, _ in parts]), torch.cat([s for _, s in parts])
 
 
@@ -371,11 +381,9 @@ def task_losses(model: nn.Module, params: Params, support_x: Tensor, support_y: 
         out = fwd(fast, query_x)
         return problem.task_loss(out, query_y), problem.task_score(out.detach(), query_y)
 
-    if strategy == "threads":
-        return _threaded_losses(model, params, lr, support_x, support_y, query_x, query_y, cfg, names)
-    if strategy == "loop":
-        return _loop_losses(model, params, lr, support_x, support_y, query_x, query_y, cfg, names,
-                            native=hasattr(model, "forward_tasks"))
+    if strategy in ("loop", "threads"):
+        return _per_task_losses(model, params, lr, support_x, support_y, query_x, query_y, cfg, names,
+                                parallel=strategy == "threads")
 
     def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
         fast, fwd = _adapt_one(model, params, lr, sx, sy, cfg, names, _functorch_sgd)

@@ -288,3 +288,20 @@ def test_threads_strategy_needs_a_thread_safe_forward():
     from metalib.inner import resolve_strategy
     with pytest.raises(ValueError, match="forward_tasks"):
         resolve_strategy("threads", torch.device("cpu"), torch.nn.Linear(1, 1))
+
+
+@pytest.mark.parametrize("strategy", ["loop", "threads"])
+def test_per_task_gradients_contract_any_weighting_of_the_losses(strategy, two_or_more_threads):
+    """loop/threads take each task's gradient in the forward pass; the backward must still be exact for
+    any incoming gradient of the per-task losses, not only the mean."""
+    from metalib.inner import InnerConfig, task_losses
+    model = conv4(5, hidden=16, seed=0).double()
+    batch = omniglot_like_batch(tasks=4)
+    params = dict(model.named_parameters())
+    weights = torch.tensor([0.1, -2.0, 0.7, 3.0])
+    grads = {}
+    for s in (strategy, "batched"):
+        losses, _ = task_losses(model, params, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
+                                InnerConfig(steps=2, lr=0.4, strategy=s))
+        grads[s] = torch.autograd.grad((weights * losses).sum(), list(params.values()))
+    assert (flat(grads[strategy]) - flat(grads["batched"])).abs().max() < 1e-10
