@@ -106,7 +106,7 @@ class Conv4(nn.Module):
         """The body of :meth:`forward_tasks`: ``[B, n, C, H, W]`` -> ``[B, n, embedding_dim]``.
 
         On CPUs activations are channels-last (oneDNN's convolutions, BatchNorm and max-pooling run
-        without layout copies; max-pooling measured ~8x faster). BatchNorm is fused for passes
+        without layout copies; max-pooling measured ~9x faster). BatchNorm is fused for passes
         differentiated once; passes differentiated twice use the unfused form, whose double backward
         is much cheaper than the fused one's (measured on CPU, BENCHMARKS.md).
         """
