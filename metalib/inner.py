@@ -204,7 +204,16 @@ def _task_loss(model: nn.Module, params: Params, lrs, sx: Tensor, sy: Tensor, qx
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
-os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has the pools but not their threads
+
+
+def _forget_pools_after_fork() -> None:
+    """A forked child inherits the pools but not their threads (and maybe a held lock): start afresh."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _one_intra_op_thread() -> None:

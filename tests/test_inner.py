@@ -305,3 +305,25 @@ def test_per_task_gradients_contract_any_weighting_of_the_losses(strategy, two_o
                                 InnerConfig(steps=2, lr=0.4, strategy=s))
         grads[s] = torch.autograd.grad((weights * losses).sum(), list(params.values()))
     assert (flat(grads[strategy]) - flat(grads["batched"])).abs().max() < 1e-10
+
+
+def _meta_gradient_norm_in_child(queue):
+    model = conv4(5, hidden=8, seed=0).double()
+    grads, _ = maml(model, steps=1, strategy="threads").meta_gradient(omniglot_like_batch(tasks=3))
+    queue.put(flat(grads.values()).norm().item())
+
+
+def test_threads_strategy_works_in_a_forked_child(two_or_more_threads):
+    """A forked process (e.g. a data-loader worker) inherits the worker pools but not their threads."""
+    import multiprocessing
+    model = conv4(5, hidden=8, seed=0).double()
+    grads, _ = maml(model, steps=1, strategy="threads").meta_gradient(omniglot_like_batch(tasks=3))  # pools exist now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_meta_gradient_norm_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=120)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0, "the forked child hung or failed"
+    assert queue.get(timeout=5) == pytest.approx(flat(grads.values()).norm().item(), rel=1e-12)
