@@ -242,8 +242,16 @@ def _chunks(n_tasks: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def _task_chunks(strategy: str, n_tasks: int) -> list[slice]:
+    """``threads``: one chunk per worker; ``loop``: the whole meta-batch in the caller's thread."""
+    return _chunks(n_tasks) if strategy == "threads" else [slice(0, n_tasks)]
+
+
 def _map_chunks(fn: Callable[[slice], object], chunks: Sequence[slice]) -> list:
-    """``[fn(chunk) for chunk in chunks]`` on the worker threads, in the caller's grad mode."""
+    """``[fn(chunk) for chunk in chunks]``: inline for one chunk, else on the worker threads in the
+    caller's grad mode."""
+    if len(chunks) == 1:
+        return [fn(chunks[0])]
     grad_mode = torch.is_grad_enabled()
 
     def work(chunk: slice):
@@ -258,13 +266,13 @@ class _PerTaskGradients(torch.autograd.Function):
     Each task's graph (the activations of all its inner steps) is freed as soon as its gradient is
     known, as in a naive loop, instead of living until one backward over the whole meta-batch: memory
     holds one task's graph per worker plus a ``B x (meta-parameters)`` Jacobian, which the backward
-    pass contracts with the incoming gradient of the losses. With ``parallel`` the chunks of tasks run
-    on the worker threads; the autograd engine would run a single backward on one CPU thread.
+    pass contracts with the incoming gradient of the losses. Several chunks of tasks run on the worker
+    threads, forward and backward; the autograd engine would run a single backward on one CPU thread.
     ``run(leaves, i) -> (loss, score)`` builds task ``i``'s graph from detached copies of the inputs.
     """
 
     @staticmethod
-    def forward(ctx, run, chunks: list[slice], parallel: bool, *inputs: Tensor):
+    def forward(ctx, run, chunks: list[slice], *inputs: Tensor):
         wanted = [j for j, t in enumerate(inputs) if t.requires_grad]
 
         def work(chunk: slice):
@@ -278,7 +286,7 @@ class _PerTaskGradients(torch.autograd.Function):
                 scores.append(score)
                 jacobian.append([torch.zeros_like(leaves[j]) if g is None else g for j, g in zip(wanted, grads)])
             return losses, scores, jacobian
-        parts = _map_chunks(work, chunks) if parallel else [work(c) for c in chunks]
+        parts = _map_chunks(work, chunks)
         ctx.wanted, ctx.n_inputs = wanted, len(inputs)
         ctx.jacobian = [row for _, _, jac in parts for row in jac]
         scores = torch.stack([s for _, part, _ in parts for s in part])
@@ -293,15 +301,13 @@ class _PerTaskGradients(torch.autograd.Function):
             per_task = torch.stack([row[k] for row in ctx.jacobian])  # [B, *shape]
             grads[j] = torch.tensordot(grad_losses.to(per_task.dtype), per_task, dims=1)
         ctx.jacobian = None
-        return (None, None, None, *grads)
+        return (None, None, *grads)
 
 
 def _per_task_losses(model: nn.Module, params: Params, lrs, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
-                     cfg: InnerConfig, names: list[str], parallel: bool) -> tuple[Tensor, Tensor]:
-    """The ``loop`` (``parallel=False``) and ``threads`` strategies of :func:`task_losses`."""
+                     cfg: InnerConfig, names: list[str], chunks: list[slice]) -> tuple[Tensor, Tensor]:
+    """The ``loop`` (one chunk) and ``threads`` strategies of :func:`task_losses`."""
     native = hasattr(model, "forward_tasks")
-    chunks = _chunks(len(sx)) if parallel else [slice(0, len(sx))]
-    parallel = len(chunks) > 1
     keys, lr_keys = list(params), (list(lrs) if isinstance(lrs, Mapping) else [])
     inputs = [params[k] for k in keys] + [lrs[k] for k in lr_keys]
 
@@ -311,12 +317,12 @@ def _per_task_losses(model: nn.Module, params: Params, lrs, sx: Tensor, sy: Tens
         return _task_loss(model, p, lr, sx[i], sy[i], qx[i], qy[i], cfg, names, native)
 
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        return _PerTaskGradients.apply(run, chunks, parallel, *inputs)
+        return _PerTaskGradients.apply(run, chunks, *inputs)
 
     def work(chunk: slice) -> tuple[Tensor, Tensor]:
         results = [run(inputs, i) for i in range(chunk.start, chunk.stop)]
         return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
-    parts = _map_chunks(work, chunks) if parallel else [work(c) for c in chunks]
+    parts = _map_chunks(work, chunks)
     return torch.cat([l for l, _ in parts]), torch.cat([s for _, s in parts])
 
 
@@ -366,10 +372,7 @@ def adapt(model: nn.Module, params: Params, support_x: Tensor, support_y: Tensor
     def run(chunk: slice) -> list[Params]:
         return [_adapt_one(model, params, lr, x, y, cfg, names, _autograd_sgd, native)[0]
                 for x, y in zip(support_x[chunk], support_y[chunk])]
-    if strategy == "threads":
-        per_task = [p for part in _map_chunks(run, _chunks(B)) for p in part]
-    else:
-        per_task = run(slice(None))
+    per_task = [p for part in _map_chunks(run, _task_chunks(strategy, B)) for p in part]
     return {k: torch.stack([p[k] for p in per_task]) for k in params}
 
 
@@ -392,7 +395,7 @@ def task_losses(model: nn.Module, params: Params, support_x: Tensor, support_y: 
 
     if strategy in ("loop", "threads"):
         return _per_task_losses(model, params, lr, support_x, support_y, query_x, query_y, cfg, names,
-                                parallel=strategy == "threads")
+                                _task_chunks(strategy, len(support_x)))
 
     def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
         fast, fwd = _adapt_one(model, params, lr, sx, sy, cfg, names, _functorch_sgd)

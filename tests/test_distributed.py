@@ -286,28 +286,30 @@ def test_cli_resume_with_a_different_number_of_processes(tmp_path, monkeypatch, 
         assert a["val_mse"] == pytest.approx(b["val_mse"], rel=1e-4)
 
 
+def _failed_job(mode: str, tmp_path) -> tuple[str, float]:
+    """Run a 2-rank job in which rank 1 misbehaves (``mode``); return torchrun's "Root Cause" section
+    (where ``@record`` puts the failing rank's error) and the seconds the job took to come down."""
+    proc, seconds = torchrun([str(THIS), mode, str(tmp_path)], timeout=240)
+    output = proc.stdout + proc.stderr
+    print(f"\njob with a {mode!r} rank came down in {seconds:.1f} s")
+    assert proc.returncode != 0, _show(proc)
+    assert "Root Cause" in output, _show(proc)
+    return output.split("Root Cause", 1)[1], seconds
+
+
 @pytest.mark.distributed
 @needs_gloo
 def test_a_rank_that_raises_brings_the_job_down_with_its_error(tmp_path):
-    proc, seconds = torchrun([str(THIS), "raise", str(tmp_path)], timeout=240)
-    output = proc.stdout + proc.stderr
-    print(f"\nfailing job came down in {seconds:.1f} s")
-    assert proc.returncode != 0, _show(proc)
-    # @record puts the failing rank's exception into torchrun's summary (its "Root Cause" section)
-    assert "Root Cause" in output, _show(proc)
-    assert "rank 1 failed on purpose at step 1" in output.split("Root Cause", 1)[1], _show(proc)
+    cause, seconds = _failed_job("raise", tmp_path)
+    assert "rank 1 failed on purpose at step 1" in cause
     assert seconds < 150  # rank 0 was stopped by torchrun, not by its 300 s process-group timeout
 
 
 @pytest.mark.distributed
 @needs_gloo
 def test_a_stuck_rank_fails_the_job_after_the_process_group_timeout(tmp_path):
-    proc, seconds = torchrun([str(THIS), "stall", str(tmp_path)], timeout=240)
-    output = proc.stdout + proc.stderr
-    print(f"\njob with a stuck rank came down in {seconds:.1f} s")
-    assert proc.returncode != 0, _show(proc)
-    assert "Root Cause" in output, _show(proc)
-    assert "timed out" in output.split("Root Cause", 1)[1].lower(), _show(proc)
+    cause, seconds = _failed_job("stall", tmp_path)
+    assert "timed out" in cause.lower()
     assert seconds < 150  # the stuck rank sleeps 300 s: rank 0's 10 s timeout ended the job
 
 
