@@ -135,6 +135,7 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
                val_sampler=None, val_every: int = 500, val_tasks: int = 100, val_steps: int | None = None,
                checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 500, resume: bool = True,
                time_budget: float | None = None, progress: bool = True,
+               snapshot_every: int | None = None, run_settings: dict | None = None,
                task_indices: Callable[[int], list[int]] | None = None,
                reduce: Callable[[Grads, dict[str, float]], tuple[Grads, dict[str, float]]] | None = None,
                is_main: bool = True) -> pd.DataFrame:
@@ -145,6 +146,10 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
       with ``resume=True`` an existing file is loaded and training continues from its step;
     * ``scheduler``: an optional learning-rate scheduler, stepped after every outer step;
     * ``time_budget``: stop after this many seconds of training (history says where);
+    * ``snapshot_every``: also keep the meta-parameters every N steps in ``<checkpoint>.snapshots/``
+      (for accuracy-against-time curves);
+    * ``run_settings``: what defines the run (e.g. the CLI's options); stored in the checkpoint, and a
+      resume with different settings stops with an error naming them;
     * ``task_indices``/``reduce``/``is_main``: hooks for :mod:`metalib.distributed` (which tasks this
       process draws at a step, how gradients and metrics are combined, who writes files); an optional
       ``reduce.agree(flag) -> bool`` makes the ``time_budget`` stop a decision of all processes.
@@ -153,14 +158,16 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
     params = learner.meta_parameters()
     history: list[dict] = []
     running: dict[str, list[float]] = {}
-    start, elapsed = 0, 0.0
+    start, elapsed, cpu = 0, 0.0, 0.0
     if checkpoint is not None and resume and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, map_location=next(iter(params.values())).device)
+        _check_same_run(checkpoint, state.get("run_settings"), run_settings)
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and "scheduler" in state:
             scheduler.load_state_dict(state["scheduler"])
         start, history, elapsed = state["step"], list(state["history"]), state.get("elapsed", 0.0)
+        cpu = state.get("cpu_s", 0.0)
         running = {k: list(v) for k, v in state.get("running", {}).items()}
 
     def save(step: int) -> None:
@@ -168,13 +175,19 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
             save_checkpoint(checkpoint, {"step": step, "learner": learner.state_dict(),
                                          "optimizer": optimizer.state_dict(), "history": history,
                                          "scheduler": None if scheduler is None else scheduler.state_dict(),
-                                         "running": running, "elapsed": elapsed,
-                                         "settings": learner.describe()})
+                                         "running": running, "elapsed": elapsed, "cpu_s": cpu,
+                                         "settings": learner.describe(), "run_settings": run_settings})
+
+    def snapshot(step: int) -> None:
+        if checkpoint is not None and is_main:
+            folder = Path(checkpoint).with_name(Path(checkpoint).name + ".snapshots")
+            save_checkpoint(folder / f"step{step:07d}.pt", {"step": step, "learner": learner.state_dict(),
+                                                           "elapsed": elapsed, "cpu_s": cpu})
 
     indices = task_indices or (lambda t: list(range(t * meta_batch, (t + 1) * meta_batch)))
     learner.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=learner.name, disable=not (progress and is_main))
-    clock = time.perf_counter()
+    clock, cpu_clock = time.perf_counter(), time.process_time()
     done = start
     for step in bar:
         batch: TaskBatch = sampler.batch(indices(step))
@@ -191,9 +204,12 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
         for k, v in metrics.items():
             running.setdefault(k, []).append(v)
         done = step + 1
+        # training time only (validation and file writes excluded): wall clock and process CPU time
+        elapsed += time.perf_counter() - clock
+        cpu += time.process_time() - cpu_clock
         if done % val_every == 0 or done == steps:
-            elapsed += time.perf_counter() - clock
-            row = {"step": done, **{f"train_{k}": sum(v) / len(v) for k, v in running.items()}, "time_s": elapsed}
+            row = {"step": done, **{f"train_{k}": sum(v) / len(v) for k, v in running.items()}, "time_s": elapsed,
+                   "cpu_s": cpu}
             running = {}
             if val_sampler is not None:
                 res = evaluate(learner, val_sampler, n_tasks=val_tasks, steps=val_steps,
@@ -201,21 +217,32 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
                 row.update({f"val_{res.metric}": res.mean, "val_ci95": res.ci95})
             history.append(row)
             bar.set_postfix({k: round(v, 4) for k, v in row.items() if k.startswith(("train_", "val_"))})
-            clock = time.perf_counter()  # validation time is not training time
+        if snapshot_every and done % snapshot_every == 0:
+            snapshot(done)
         if checkpoint is not None and done % checkpoint_every == 0:
             save(done)
-        if time_budget is not None:
-            out_of_time = elapsed + (time.perf_counter() - clock) >= time_budget
-            if hasattr(reduce, "agree"):  # ranks' clocks differ: all of them must stop at the same step
-                out_of_time = reduce.agree(out_of_time)
-            if out_of_time:
-                break
-    elapsed += time.perf_counter() - clock
+        out_of_time = time_budget is not None and elapsed >= time_budget
+        if time_budget is not None and hasattr(reduce, "agree"):  # ranks' clocks differ: all must stop together
+            out_of_time = reduce.agree(out_of_time)
+        clock, cpu_clock = time.perf_counter(), time.process_time()
+        if out_of_time:
+            break
     if running:
         history.append({"step": done, **{f"train_{k}": sum(v) / len(v) for k, v in running.items()},
-                        "time_s": elapsed})
+                        "time_s": elapsed, "cpu_s": cpu})
     save(done)
     return pd.DataFrame(history)
+
+
+def _check_same_run(checkpoint, saved: dict | None, wanted: dict | None) -> None:
+    """A resumed run must be the same run: compare the settings recorded in the checkpoint."""
+    if saved is None or wanted is None:
+        return
+    differ = {k: (saved.get(k), wanted.get(k)) for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)}
+    if differ:
+        what = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(f"checkpoint {checkpoint} belongs to a different run ({what}); resume with the same "
+                         f"settings, or start over with another checkpoint path or --no-resume")
 
 
 def indices_for_eval(n_tasks: int, task_indices) -> list[int] | None:
