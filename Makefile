@@ -21,7 +21,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 venv: $(VENV)/.installed
 
 run: venv            ## execute the notebooks with papermill into output/$(PROFILE)/ (PROFILE=full, ARGS="--only 02 --jobs 2")
-	$(PY) -m metalib.notebooks run --profile $(PROFILE) $(ARGS)
+	$(PY) -m metalib.runner run --profile $(PROFILE) $(ARGS)
 
 test: venv           ## the whole test suite, notebook regression tests included
 	$(PY) -m pytest -q
@@ -33,7 +33,7 @@ demo: venv           ## a short meta-train + evaluate demo without notebooks
 	$(PY) -m metalib.demo
 
 baselines: venv      ## re-record the notebook metric baselines in tests/baselines/
-	$(PY) -m metalib.notebooks run --profile quick --update-baselines $(ARGS)
+	$(PY) -m metalib.runner run --profile quick --update-baselines $(ARGS)
 
 clean:
 	rm -rf output/ .pytest_cache

@@ -3,16 +3,24 @@
 Everything a notebook cell needs is importable from here::
 
     from metalib import omniglot_splits, EpisodeSampler, conv4, maml, meta_train, evaluate
+
+Figures and widgets live in :mod:`metalib.viz` (they need the notebook extras: matplotlib, seaborn,
+ipywidgets) and load on use; ``record_metric`` (:mod:`metalib.metrics`) reports a notebook's results.
 """
+from . import hyper
 from .algorithms import ALGORITHMS, GradientMetaLearner, MetaLearner, ProtoNet, Reptile, anil, fomaml, \
     make_learner, maml, metasgd, pretrain, protonet, reptile
-from . import hyper  # plots and widgets load on use (`from metalib import plots`): they need matplotlib
+from .checkpoints import load_checkpoint, save_checkpoint
 from .data import ClassSplit, load_omniglot, omniglot_splits
-from .inner import CLASSIFICATION, REGRESSION, InnerConfig, adapt, forward, task_losses
-from .models import BATCHNORM_MODE, MLP, Conv4, conv4, mlp
-from .tasks import EpisodeSampler, SinusoidTasks, TaskBatch
+from .evaluate import EvalResult, adaptation_curve, adapted_predictions, confidence_interval, evaluate
+from .execution import Execution
+from .inner import InnerConfig, adapt, forward, forward_adapted, task_losses
+from .metrics import record_metric
+from .models import BATCHNORM_MODE, MLP, Conv4, TaskBatchedModel, conv4, mlp
+from .problems import CLASSIFICATION, REGRESSION, Problem
+from .recipes import RECIPES, get_recipe
+from .tasks import EpisodeSampler, SinusoidTasks, TaskBatch, TaskSampler
+from .train import NonFiniteError, make_optimizer, meta_train
 from .utils import resolve_device, seed_everything
-from .train import EvalResult, NonFiniteError, confidence_interval, evaluate, load_checkpoint, make_optimizer, \
-    meta_train, save_checkpoint
 
 __version__ = "0.1.0"

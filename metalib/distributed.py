@@ -1,6 +1,6 @@
 """Distributed meta-training with ``torch.distributed``, launched by ``torchrun``.
 
-The global meta-batch ``B`` of step ``t`` is tasks ``t*B .. t*B+B-1`` (see :mod:`metalib.tasks`).
+The global meta-batch of step ``t`` is what :meth:`metalib.tasks.TaskSampler.step_indices` names.
 With ``W`` processes (ranks), rank ``r`` draws its contiguous share of ``B // W`` of them, computes
 the meta-gradient of its share, and one all-reduce of a single flattened buffer averages the
 meta-gradients (and the metrics) over the ranks. Every learner's meta-gradient is a mean over equally
@@ -41,15 +41,18 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .algorithms import MetaLearner
-from .train import EvalResult, evaluate, meta_train
+from .evaluate import EvalResult, evaluate
+from .execution import Execution
+from .tasks import TaskSampler
+from .train import meta_train
+from .types import Grads
 from .utils import resolve_device
 
 __all__ = ["DistContext", "init_distributed", "shutdown_distributed", "current_context", "prepare_once",
-           "ShardedTasks", "AllReduce", "broadcast_parameters", "distributed_meta_train",
-           "distributed_evaluate", "DEFAULT_TIMEOUT_S"]
+           "ShardedExecution", "broadcast_parameters", "distributed_meta_train", "distributed_evaluate",
+           "DEFAULT_TIMEOUT_S"]
 
 T = TypeVar("T")
-Grads = dict[str, Tensor]
 
 #: Default process-group timeout: how long a collective waits for a missing rank before failing.
 #: It must exceed the slowest single-rank phase (e.g. rank 0 building the Omniglot cache).
@@ -195,52 +198,48 @@ def _share(n: int, rank: int, world: int) -> range:
     return range(start, start + base + (rank < extra))
 
 
-class ShardedTasks:
-    """``task_indices`` hook of :func:`metalib.train.meta_train`: rank ``r``'s share of step ``t``.
+class ShardedExecution(Execution):
+    """The :class:`~metalib.execution.Execution` of one rank of a ``torchrun`` job.
 
-    Step ``t`` uses the global tasks ``t*B .. t*B+B-1``; rank ``r`` of ``W`` draws the ``B // W``
-    consecutive ones starting at ``t*B + r*B//W``. ``eval_share(n)`` splits ``range(n)`` the same way
-    (unequal shares allowed, in rank order).
+    Rank ``r`` of ``W`` draws the ``B // W`` consecutive tasks starting at ``r*B//W`` within the step's
+    global meta-batch; evaluation tasks ``range(n)`` are split the same way (unequal shares allowed, in
+    rank order). Meta-gradients and metrics are averaged with one SUM all-reduce of a flattened buffer
+    per step (one per dtype if the meta-parameters mix dtypes); ``gather`` collects per-task scores of
+    unequal lengths in rank order; ``agree`` makes a stop decision collective.
     """
 
-    def __init__(self, meta_batch: int, rank: int, world_size: int):
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        if meta_batch < 1:
-            raise ValueError(f"meta_batch must be a positive integer, got {meta_batch}")
-        if meta_batch % world_size:
-            lo = meta_batch // world_size * world_size
-            hint = f"{lo} or {lo + world_size}" if lo else f"{world_size}"
-            raise ValueError(
-                f"meta-batch {meta_batch} is not divisible by the {world_size} ranks: every rank must draw the "
-                f"same number of tasks so that the averaged meta-gradient equals the single-process one. "
-                f"Use a multiple of {world_size} (e.g. {hint}) or a different number of processes.")
-        self.meta_batch, self.rank, self.world_size = meta_batch, rank, world_size
-        self.per_rank = meta_batch // world_size
-
-    def __call__(self, step: int) -> list[int]:
-        start = step * self.meta_batch + self.rank * self.per_rank
-        return list(range(start, start + self.per_rank))
-
-    def eval_share(self, n_tasks: int) -> list[int]:
-        return list(_share(n_tasks, self.rank, self.world_size))
-
-    def __repr__(self) -> str:
-        return f"ShardedTasks(meta_batch={self.meta_batch}, rank={self.rank}, world_size={self.world_size})"
-
-
-class AllReduce:
-    """``reduce`` hook of :func:`metalib.train.meta_train`: average meta-gradients and metrics.
-
-    One flattened buffer per step (one per dtype if the meta-parameters mix dtypes) goes through a
-    SUM all-reduce and is divided by the world size. ``gather`` collects per-task scores of unequal
-    lengths from all ranks, in rank order; ``agree`` makes a stop decision collective.
-    """
-
-    def __init__(self, ctx: DistContext):
+    def __init__(self, ctx: DistContext, meta_batch: int | None = None):
+        world, rank = ctx.world_size, ctx.rank
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world}")
+        if meta_batch is not None:
+            if meta_batch < 1:
+                raise ValueError(f"meta_batch must be a positive integer, got {meta_batch}")
+            if meta_batch % world:
+                lo = meta_batch // world * world
+                hint = f"{lo} or {lo + world}" if lo else f"{world}"
+                raise ValueError(
+                    f"meta-batch {meta_batch} is not divisible by the {world} ranks: every rank must draw the "
+                    f"same number of tasks so that the averaged meta-gradient equals the single-process one. "
+                    f"Use a multiple of {world} (e.g. {hint}) or a different number of processes.")
         self.ctx = ctx
 
-    def __call__(self, grads: Grads, metrics: dict[str, float]) -> tuple[Grads, dict[str, float]]:
+    @property
+    def is_main(self) -> bool:  # type: ignore[override]
+        return self.ctx.is_main
+
+    def train_tasks(self, step: int, meta_batch: int) -> list[int]:
+        per_rank = meta_batch // self.ctx.world_size
+        tasks = TaskSampler.step_indices(step, meta_batch)
+        return list(tasks[self.ctx.rank * per_rank:(self.ctx.rank + 1) * per_rank])
+
+    def eval_tasks(self, n_tasks: int) -> list[int]:
+        return list(_share(n_tasks, self.ctx.rank, self.ctx.world_size))
+
+    def __repr__(self) -> str:
+        return f"ShardedExecution(rank={self.ctx.rank}, world_size={self.ctx.world_size})"
+
+    def reduce(self, grads: Grads, metrics: dict[str, float]) -> tuple[Grads, dict[str, float]]:
         if not self.ctx.is_distributed:
             return grads, metrics
         keys, mkeys = sorted(grads), sorted(metrics)
@@ -338,17 +337,15 @@ def distributed_meta_train(learner: MetaLearner, sampler, *, steps: int, meta_ba
     Without a process group this is exactly ``meta_train``. Resuming works with any number of ranks.
     """
     ctx = ctx or current_context()
-    clash = {"task_indices", "reduce", "is_main"} & set(kwargs)
-    if clash:
-        raise TypeError(f"distributed_meta_train sets {sorted(clash)} itself; call meta_train to pass them")
+    if "execution" in kwargs:
+        raise TypeError("distributed_meta_train sets execution itself; call meta_train to pass one")
     if not ctx.is_distributed:
         return meta_train(learner, sampler, steps=steps, meta_batch=meta_batch, **kwargs)
-    shard = ShardedTasks(meta_batch, ctx.rank, ctx.world_size)
+    execution = ShardedExecution(ctx, meta_batch)
     _check_same_checkpoint(kwargs.get("checkpoint"), kwargs.get("resume", True), ctx)
     if sync_parameters:
         broadcast_parameters(learner, ctx)
-    return meta_train(learner, sampler, steps=steps, meta_batch=meta_batch, task_indices=shard,
-                      reduce=AllReduce(ctx), is_main=ctx.is_main, **kwargs)
+    return meta_train(learner, sampler, steps=steps, meta_batch=meta_batch, execution=execution, **kwargs)
 
 
 def distributed_evaluate(learner: MetaLearner, sampler, *, n_tasks: int = 600, ctx: DistContext | None = None,
@@ -361,8 +358,7 @@ def distributed_evaluate(learner: MetaLearner, sampler, *, n_tasks: int = 600, c
     ctx = ctx or current_context()
     if not ctx.is_distributed:
         return evaluate(learner, sampler, n_tasks=n_tasks, **kwargs)
-    if "indices" in kwargs or "gather" in kwargs:
-        raise TypeError("distributed_evaluate splits the tasks itself; call evaluate to pass indices/gather")
+    if "execution" in kwargs:
+        raise TypeError("distributed_evaluate splits the tasks itself; call evaluate to pass an execution")
     kwargs["progress"] = kwargs.get("progress", False) and ctx.is_main
-    return evaluate(learner, sampler, n_tasks=n_tasks, indices=_share(n_tasks, ctx.rank, ctx.world_size),
-                    gather=AllReduce(ctx).gather, **kwargs)
+    return evaluate(learner, sampler, n_tasks=n_tasks, execution=ShardedExecution(ctx), **kwargs)

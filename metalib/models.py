@@ -11,14 +11,44 @@ as ``batchnorm="transductive"``.
 """
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["TaskBatchNorm", "Conv4", "MLP", "conv4", "mlp", "split_body_head", "BATCHNORM_MODE",
-           "forward_tasks"]
+           "TaskBatchedModel", "BodyHeadModel"]
 
 BATCHNORM_MODE = "transductive"
+
+
+@runtime_checkable
+class TaskBatchedModel(Protocol):
+    """A model that runs a whole meta-batch in one pass (the contract the inner-loop engines use).
+
+    ``x`` is ``[B, n, ...]``; each entry of ``params`` is shared (the parameter's own shape) or per task
+    (``[B, *shape]``); outputs are ``[B, n, ...]``. ``forward_tasks = head_tasks . embed_tasks``.
+    ``second_order`` and ``channels_last`` are execution hints from the engine that never change the
+    numbers: the pass's graph will be differentiated twice; activations may use the NHWC layout.
+    """
+
+    def forward_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
+                      channels_last: bool = False) -> Tensor: ...
+
+    def embed_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
+                    channels_last: bool = False) -> Tensor: ...
+
+    def head_tasks(self, params: dict[str, Tensor], h: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class BodyHeadModel(Protocol):
+    """A model split into ``features`` (the body) and ``head``: ``model(x) == head(features(x))``.
+    Parameters named ``head.*`` belong to the head (ANIL adapts only those)."""
+
+    features: nn.Module
+    head: nn.Module
 
 
 class TaskBatchNorm(nn.Module):
@@ -61,12 +91,6 @@ class Conv4(nn.Module):
     monotone, so they commute, gradients included) with the ReLU on a quarter of the values.
     """
 
-    # On CPUs, grouped convolutions over a meta-batch measured slower than per-task convolutions
-    # (BENCHMARKS.md), so strategy="auto" runs tasks one by one there, spread over worker threads.
-    cpu_strategy = "threads"
-    # CPU activations in NHWC (channels-last) layout measured faster; see embed_tasks.
-    cpu_channels_last = True
-
     def __init__(self, n_classes: int = 5, in_channels: int = 1, hidden: int = 64, image_size: int = 28):
         super().__init__()
         blocks = []
@@ -91,7 +115,8 @@ class Conv4(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
-    def forward_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False) -> Tensor:
+    def forward_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
+                      channels_last: bool = False) -> Tensor:
         """Every task of a meta-batch in one pass: ``x`` is ``[B, n, C, H, W]``, each parameter is
         either shared (its usual shape) or per task (``[B, *shape]``); returns ``[B, n, out]``.
 
@@ -100,19 +125,20 @@ class Conv4(nn.Module):
         ``second_order`` is a speed hint, never a change in the numbers: the graph of this pass will
         be differentiated twice (second-order inner steps), see :meth:`embed_tasks`.
         """
-        return self.head_tasks(params, self.embed_tasks(params, x, second_order))
+        return self.head_tasks(params, self.embed_tasks(params, x, second_order, channels_last))
 
-    def embed_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False) -> Tensor:
+    def embed_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
+                    channels_last: bool = False) -> Tensor:
         """The body of :meth:`forward_tasks`: ``[B, n, C, H, W]`` -> ``[B, n, embedding_dim]``.
 
-        On CPUs activations are channels-last (oneDNN's convolutions, BatchNorm and max-pooling run
+        With ``channels_last`` (the engines ask for it on CPUs) activations are NHWC (oneDNN's
+        convolutions, BatchNorm and max-pooling run
         without layout copies; max-pooling measured ~9x faster). BatchNorm is fused for passes
         differentiated once; passes differentiated twice use the unfused form, whose double backward
         is much cheaper than the fused one's (measured on CPU, BENCHMARKS.md).
         """
         B, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
-        channels_last = self.cpu_channels_last and x.device.type == "cpu"
         for i, layer in enumerate(self.features):
             if isinstance(layer, nn.Conv2d):
                 w = _per_task(params[f"features.{i}.weight"], B, layer.weight)
@@ -187,12 +213,14 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
-    def forward_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False) -> Tensor:
+    def forward_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
+                      channels_last: bool = False) -> Tensor:
         """All tasks in one pass: ``x`` ``[B, n, in]``, parameters shared or ``[B, *shape]``; returns ``[B, n, out]``.
-        (``second_order``: the speed hint of :meth:`Conv4.forward_tasks`; nothing to choose here.)"""
+        (The hints of :meth:`Conv4.forward_tasks` have nothing to choose here.)"""
         return self.head_tasks(params, self.embed_tasks(params, x))
 
-    def embed_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False) -> Tensor:
+    def embed_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
+                    channels_last: bool = False) -> Tensor:
         h = x
         for k, layer in self.features.named_children():
             h = self._layer_tasks(layer, f"features.{k}", params, h)

@@ -10,13 +10,14 @@ a meta-batch can be split across processes in any way without changing the tasks
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from .data.omniglot import ClassSplit
+from .data.base import ClassSplit
 
 __all__ = [
     "EpisodeSampler",
@@ -105,9 +106,14 @@ class TaskBatch:
     def device(self) -> torch.device:
         return self.support_x.device
 
-    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> TaskBatch:
-        """Copy of the batch on ``device`` (info included)."""
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
+           non_blocking: bool = False) -> TaskBatch:
+        """Copy of the batch on ``device`` (info included); ``dtype`` converts the floating-point tensors
+        (e.g. ``batch.to(dtype=torch.float64)`` for gradient checks), labels and indices keep theirs."""
+        def move(t: Tensor) -> Tensor:
+            return t.to(device, dtype if dtype is not None and t.is_floating_point() else None,
+                        non_blocking=non_blocking)
+        return self._map(move)
 
     def __getitem__(self, idx: int | slice | Sequence[int] | Tensor) -> TaskBatch:
         """Select tasks; the batch dimension is always kept (an int gives ``B = 1``)."""
@@ -152,10 +158,15 @@ class TaskBatch:
 # ---------------------------------------------------------------------- base sampler
 
 
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+def check_count(name: str, value: object) -> int:
+    """``value`` as a positive ``int`` (NumPy integers accepted); else a ``ValueError`` naming ``name``."""
+    try:
+        count = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        count = None
+    if count is None or count <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return count
 
 
 class TaskSampler:
@@ -189,12 +200,18 @@ class TaskSampler:
                 raise ValueError(f"task indices must be integers in [0, 2**63), got {i!r}")
         return self._make_batch(idx)
 
-    def sample(self, step: int, batch_size: int) -> TaskBatch:
-        """Meta-batch of training step ``step``: tasks ``step*B .. step*B+B-1``."""
-        _check_count("batch_size", batch_size)
+    @staticmethod
+    def step_indices(step: int, batch_size: int) -> range:
+        """The tasks of training step ``step`` with meta-batch ``B``: ``step*B .. step*B+B-1``. The one place
+        this rule is written: resuming and sharding a meta-batch over processes both rely on it."""
+        batch_size = check_count("batch_size", batch_size)
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")
-        return self.batch(range(step * batch_size, (step + 1) * batch_size))
+        return range(step * batch_size, (step + 1) * batch_size)
+
+    def sample(self, step: int, batch_size: int) -> TaskBatch:
+        """Meta-batch of training step ``step``: the tasks :meth:`step_indices` names."""
+        return self.batch(self.step_indices(step, batch_size))
 
     def _make_batch(self, indices: list[int]) -> TaskBatch:
         raise NotImplementedError
@@ -254,9 +271,9 @@ class EpisodeSampler(TaskSampler):
             images, self._from_uint8 = images.float(), False
         else:
             raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
-        self.ways = _check_count("ways", ways)
-        self.shots = _check_count("shots", shots)
-        self.queries = _check_count("queries", queries)
+        self.ways = check_count("ways", ways)
+        self.shots = check_count("shots", shots)
+        self.queries = check_count("queries", queries)
         self.num_classes, self.drawings = int(images.shape[0]), int(images.shape[1])
         if ways > self.num_classes:
             raise ValueError(
@@ -345,8 +362,8 @@ class SinusoidTasks(TaskSampler):
         x_range: tuple[float, float] = (-5.0, 5.0),
     ) -> None:
         super().__init__(seed=seed, device=device)
-        self.shots = _check_count("shots", shots)
-        self.queries = _check_count("queries", shots if queries is None else queries)
+        self.shots = check_count("shots", shots)
+        self.queries = check_count("queries", shots if queries is None else queries)
         self.amplitude = _check_range("amplitude", amplitude, allow_equal=True)
         self.phase = _check_range("phase", phase, allow_equal=True)
         self.x_range = _check_range("x_range", x_range, allow_equal=False)
@@ -368,11 +385,22 @@ class SinusoidTasks(TaskSampler):
 
     def true_curve(self, tasks: TaskBatch, num_points: int = 200) -> tuple[Tensor, Tensor]:
         """Dense grid of the true functions of ``tasks`` for plotting: x, y ``[B, num_points, 1]``."""
-        _check_count("num_points", num_points)
+        check_count("num_points", num_points)
         amp, ph = tasks.info["amplitude"], tasks.info["phase"]
         grid = torch.linspace(*self.x_range, num_points, device=amp.device)
         x = grid.view(1, -1, 1).expand(len(tasks), -1, -1)
         return x, self.sinusoid(x, amp, ph)
+
+    def task_with(self, amplitude: float, phase: float, *, seed: int = 0, num_points: int = 200) -> TaskBatch:
+        """One chosen task ``amplitude * sin(x - phase)``: ``shots`` support points drawn uniformly from
+        ``x_range`` (seeded) and a dense grid of ``num_points`` as its query set (e.g. for plotting)."""
+        g = torch.Generator().manual_seed(seed)
+        lo, hi = self.x_range
+        sx = lo + (hi - lo) * torch.rand(1, self.shots, 1, generator=g)
+        qx = torch.linspace(lo, hi, check_count("num_points", num_points)).view(1, -1, 1)
+        amp, ph = torch.tensor([float(amplitude)]), torch.tensor([float(phase)])
+        batch = TaskBatch(sx, self.sinusoid(sx, amp, ph), qx, self.sinusoid(qx, amp, ph), {"amplitude": amp, "phase": ph})
+        return batch.to(self.device)
 
     def _make_batch(self, indices: list[int]) -> TaskBatch:
         k, q = self.shots, self.queries

@@ -1,118 +1,38 @@
-"""Meta-training and evaluation: the outer loop, 95% confidence intervals, checkpoints and resume.
+"""Meta-training: the outer loop, with validation, checkpoints and resume.
 
 Determinism: task ``i`` of a sampler is a pure function of ``(sampler seed, i)`` and step ``t``
-uses tasks ``t*B .. t*B+B-1``. A checkpoint therefore only needs the step, the meta-parameters,
-the optimiser state and the history: a resumed run ends where an uninterrupted one would.
+uses the tasks :meth:`~metalib.tasks.TaskSampler.step_indices` names. A checkpoint therefore only
+needs the step, the meta-parameters, the optimiser state and the history: a resumed run ends where
+an uninterrupted one would.
 """
 from __future__ import annotations
 
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pandas as pd
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
-from .algorithms import MetaLearner, Reptile
-from .tasks import TaskBatch
+from .algorithms import MetaLearner
+from .checkpoints import check_same_run, load_checkpoint, save_checkpoint
+from .evaluate import evaluate
+from .execution import LOCAL, Execution
+from .tasks import TaskBatch, check_count
+from .types import Grads
 
-__all__ = ["EvalResult", "evaluate", "meta_train", "make_optimizer", "save_checkpoint", "load_checkpoint",
-           "confidence_interval", "NonFiniteError"]
-
-Grads = dict[str, Tensor]
+__all__ = ["meta_train", "make_optimizer", "NonFiniteError"]
 
 
 class NonFiniteError(FloatingPointError):
     """Raised when a loss or meta-gradient becomes NaN/inf, naming the step and the parameter."""
 
 
-def confidence_interval(values: Tensor, z: float = 1.96) -> tuple[float, float]:
-    """Mean and half-width of the normal-approximation 95% interval of the mean."""
-    v = values.double().flatten()
-    if v.numel() < 2:
-        return v.mean().item(), float("nan")
-    return v.mean().item(), (z * v.std(unbiased=True) / math.sqrt(v.numel())).item()
-
-
-@dataclass
-class EvalResult:
-    """Mean score over a fixed set of test tasks with its 95% confidence interval."""
-
-    metric: str
-    mean: float
-    ci95: float
-    n_tasks: int
-    steps: int | None
-    settings: dict = field(default_factory=dict)
-    scores: Tensor | None = field(default=None, repr=False)
-
-    def __str__(self) -> str:
-        scale, unit = (100.0, "%") if self.metric == "accuracy" else (1.0, "")
-        extras = ", ".join(f"{k}={v}" for k, v in self.settings.items())
-        steps = "" if self.steps is None else f", {self.steps} test steps"
-        return (f"{self.metric} {self.mean * scale:.2f}{unit} +/- {self.ci95 * scale:.2f}{unit} "
-                f"(95% CI, {self.n_tasks} tasks{steps}; {extras})")
-
-    def as_dict(self) -> dict:
-        return {"metric": self.metric, "mean": self.mean, "ci95": self.ci95, "n_tasks": self.n_tasks,
-                "steps": self.steps, **self.settings}
-
-
-def evaluate(learner: MetaLearner, sampler, *, n_tasks: int = 600, steps: int | None = None, batch_size: int = 32,
-             indices: Iterable[int] | None = None, progress: bool = False,
-             gather: Callable[[Tensor], Tensor] | None = None) -> EvalResult:
-    """Score ``learner`` on tasks ``0 .. n_tasks-1`` of ``sampler`` (a fixed, reproducible test set).
-
-    ``steps`` is the number of adaptation steps at test time (the learner's own by default).
-    ``indices`` overrides which tasks are used (the distributed evaluator passes each rank its
-    share) and ``gather`` collects per-task scores from all ranks before the interval is computed.
-    """
-    idx = list(range(n_tasks) if indices is None else indices)
-    scores = []
-    was_training = learner.training
-    learner.eval()
-    for start in tqdm(range(0, len(idx), batch_size), desc="evaluate", leave=False, disable=not progress):
-        batch = sampler.batch(idx[start:start + batch_size])
-        scores.append(learner.evaluate_batch(batch, steps=steps).detach())
-    learner.train(was_training)
-    all_scores = torch.cat(scores) if scores else torch.empty(0)
-    if gather is not None:
-        all_scores = gather(all_scores)
-    mean, ci = confidence_interval(all_scores)
-    used_steps = steps if steps is not None else getattr(getattr(learner, "inner", None), "steps", None)
-    return EvalResult(learner.problem.score_name, mean, ci, all_scores.numel(), used_steps, learner.describe(),
-                      all_scores.cpu())
-
-
 def make_optimizer(learner: MetaLearner, name: str | None = None, lr: float | None = None) -> torch.optim.Optimizer:
-    """Adam(1e-3) for gradient-based learners and ProtoNets; SGD(1.0) for Reptile (its step size epsilon)."""
-    if name is None:
-        name = "sgd" if isinstance(learner, Reptile) else "adam"
-    params = list(learner.meta_parameters().values())
-    if name == "adam":
-        return torch.optim.Adam(params, lr=1e-3 if lr is None else lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=1.0 if lr is None else lr)
-    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write ``state`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint safely (``weights_only=True``: tensors and plain containers only)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """The learner's default outer optimiser (Adam 1e-3; SGD 1.0 for Reptile), or ``name`` at ``lr``."""
+    return learner.default_optimizer(name, lr)
 
 
 def _check_finite(step: int, metrics: dict[str, float], grads: Grads) -> None:
@@ -136,9 +56,7 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
                checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 500, resume: bool = True,
                time_budget: float | None = None, progress: bool = True,
                snapshot_every: int | None = None, run_settings: dict | None = None,
-               task_indices: Callable[[int], list[int]] | None = None,
-               reduce: Callable[[Grads, dict[str, float]], tuple[Grads, dict[str, float]]] | None = None,
-               is_main: bool = True) -> pd.DataFrame:
+               execution: Execution = LOCAL) -> pd.DataFrame:
     """Meta-train ``learner`` for ``steps`` outer steps of ``meta_batch`` tasks; return the history.
 
     * ``val_sampler``: every ``val_every`` steps, evaluate on its first ``val_tasks`` tasks;
@@ -150,10 +68,18 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
       (for accuracy-against-time curves);
     * ``run_settings``: what defines the run (e.g. the CLI's options); stored in the checkpoint, and a
       resume with different settings stops with an error naming them;
-    * ``task_indices``/``reduce``/``is_main``: hooks for :mod:`metalib.distributed` (which tasks this
-      process draws at a step, how gradients and metrics are combined, who writes files); an optional
-      ``reduce.agree(flag) -> bool`` makes the ``time_budget`` stop a decision of all processes.
+    * ``execution``: where the steps run (:mod:`metalib.execution`; one process by default,
+      :func:`metalib.distributed.distributed_meta_train` passes a sharded one).
+
+    History rows hold the averaged training metrics, ``time_s`` (training wall clock, validation
+    excluded), ``cpu_s`` (this process's CPU time over the same spans) and validation results.
     """
+    steps, meta_batch = check_count("steps", steps), check_count("meta_batch", meta_batch)
+    val_every, checkpoint_every = check_count("val_every", val_every), check_count("checkpoint_every", checkpoint_every)
+    if val_sampler is not None:
+        val_tasks = check_count("val_tasks", val_tasks)
+    if snapshot_every:
+        snapshot_every = check_count("snapshot_every", snapshot_every)
     optimizer = optimizer or make_optimizer(learner)
     params = learner.meta_parameters()
     history: list[dict] = []
@@ -161,17 +87,17 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
     start, elapsed, cpu = 0, 0.0, 0.0
     if checkpoint is not None and resume and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, map_location=next(iter(params.values())).device)
-        _check_same_run(checkpoint, state.get("run_settings"), run_settings)
+        check_same_run(checkpoint, state.get("run_settings"), run_settings)
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and "scheduler" in state:
+        if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
         start, history, elapsed = state["step"], list(state["history"]), state.get("elapsed", 0.0)
         cpu = state.get("cpu_s", 0.0)
         running = {k: list(v) for k, v in state.get("running", {}).items()}
 
     def save(step: int) -> None:
-        if checkpoint is not None and is_main:
+        if checkpoint is not None and execution.is_main:
             save_checkpoint(checkpoint, {"step": step, "learner": learner.state_dict(),
                                          "optimizer": optimizer.state_dict(), "history": history,
                                          "scheduler": None if scheduler is None else scheduler.state_dict(),
@@ -179,21 +105,19 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
                                          "settings": learner.describe(), "run_settings": run_settings})
 
     def snapshot(step: int) -> None:
-        if checkpoint is not None and is_main:
+        if checkpoint is not None and execution.is_main:
             folder = Path(checkpoint).with_name(Path(checkpoint).name + ".snapshots")
             save_checkpoint(folder / f"step{step:07d}.pt", {"step": step, "learner": learner.state_dict(),
                                                            "elapsed": elapsed, "cpu_s": cpu})
 
-    indices = task_indices or (lambda t: list(range(t * meta_batch, (t + 1) * meta_batch)))
     learner.train()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=learner.name, disable=not (progress and is_main))
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=learner.name,
+               disable=not (progress and execution.is_main))
     clock, cpu_clock = time.perf_counter(), time.process_time()
     done = start
     for step in bar:
-        batch: TaskBatch = sampler.batch(indices(step))
-        grads, metrics = learner.meta_gradient(batch)
-        if reduce is not None:
-            grads, metrics = reduce(grads, metrics)
+        batch: TaskBatch = sampler.batch(execution.train_tasks(step, meta_batch))
+        grads, metrics = execution.reduce(*learner.meta_gradient(batch))
         _check_finite(step, metrics, grads)
         for k, p in params.items():
             p.grad = grads[k]
@@ -212,8 +136,7 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
                    "cpu_s": cpu}
             running = {}
             if val_sampler is not None:
-                res = evaluate(learner, val_sampler, n_tasks=val_tasks, steps=val_steps,
-                               indices=indices_for_eval(val_tasks, task_indices), gather=getattr(reduce, "gather", None))
+                res = evaluate(learner, val_sampler, n_tasks=val_tasks, steps=val_steps, execution=execution)
                 row.update({f"val_{res.metric}": res.mean, "val_ci95": res.ci95})
             history.append(row)
             bar.set_postfix({k: round(v, 4) for k, v in row.items() if k.startswith(("train_", "val_"))})
@@ -221,9 +144,8 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
             snapshot(done)
         if checkpoint is not None and done % checkpoint_every == 0:
             save(done)
-        out_of_time = time_budget is not None and elapsed >= time_budget
-        if time_budget is not None and hasattr(reduce, "agree"):  # ranks' clocks differ: all must stop together
-            out_of_time = reduce.agree(out_of_time)
+        # every process must stop at the same step, whatever its own clock says
+        out_of_time = time_budget is not None and execution.agree(elapsed >= time_budget)
         clock, cpu_clock = time.perf_counter(), time.process_time()
         if out_of_time:
             break
@@ -232,20 +154,3 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
                         "time_s": elapsed, "cpu_s": cpu})
     save(done)
     return pd.DataFrame(history)
-
-
-def _check_same_run(checkpoint, saved: dict | None, wanted: dict | None) -> None:
-    """A resumed run must be the same run: compare the settings recorded in the checkpoint."""
-    if saved is None or wanted is None:
-        return
-    differ = {k: (saved.get(k), wanted.get(k)) for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)}
-    if differ:
-        what = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
-        raise ValueError(f"checkpoint {checkpoint} belongs to a different run ({what}); resume with the same "
-                         f"settings, or start over with another checkpoint path or --no-resume")
-
-
-def indices_for_eval(n_tasks: int, task_indices) -> list[int] | None:
-    """All evaluation tasks, or this process's share of them when training is sharded."""
-    share = getattr(task_indices, "eval_share", None)
-    return None if share is None else share(n_tasks)

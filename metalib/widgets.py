@@ -24,7 +24,7 @@ from IPython.display import display
 from matplotlib.figure import Figure
 
 from . import plots
-from .data.omniglot import ClassSplit
+from .data.base import ClassSplit
 from .tasks import EpisodeSampler, SinusoidTasks, TaskBatch
 
 __all__ = ["episode_browser", "draw_episode", "sinusoid_view", "draw_sinusoid_adaptation", "sinusoid_task"]

@@ -10,6 +10,8 @@ import os
 import io
 import shutil
 import time
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import torch
 from PIL import Image, ImageDraw
 
 import metalib.data.omniglot as om
+import metalib.data.splits as sp
+from metalib import paths
 from metalib.data import (
     ChecksumError,
     DatasetNotFoundError,
@@ -92,8 +96,29 @@ def test_partial_files_are_never_used(tmp_path, served):
     dest.write_bytes(payload[:1000])  # truncated destination (e.g. copied by hand)
     stale = tmp_path / ".file.bin.deadbeef.part"  # temp file left by a crashed download
     stale.write_bytes(payload[:500])
+    # a file download_file did not write is never deleted nor replaced: a one-line refusal
+    with pytest.raises(ChecksumError) as err:
+        download_file(url, dest, md5(payload))
+    msg = str(err.value)
+    assert str(dest) in msg and "left untouched: move or delete it" in msg and "\n" not in msg
+    assert dest.read_bytes() == payload[:1000] and stale.read_bytes() == payload[:500]
+    dest.unlink()  # the fix the message names
     download_file(url, dest, md5(payload))
     assert dest.read_bytes() == payload
+
+
+def test_download_never_clobbers_a_file_that_appears_meanwhile(tmp_path, served):
+    _, payload = served
+    dest = tmp_path / "out" / "file.bin"
+
+    def opener(url, timeout):
+        dest.write_bytes(b"written by someone else during the download")
+        return io.BytesIO(payload)
+
+    with pytest.raises(ChecksumError, match="left untouched"):
+        download_file("http://example.invalid/x", dest, md5(payload), opener=opener)
+    assert files_in(dest.parent) == [dest]  # no temp file left
+    assert dest.read_bytes() == b"written by someone else during the download"
 
 
 def test_interrupted_download_leaves_nothing(tmp_path, served):
@@ -119,6 +144,48 @@ def test_unreachable_url_raises_download_error(tmp_path):
     with pytest.raises(DownloadError, match="could not download file:///"):
         download_file((tmp_path / "missing.bin").as_uri(), dest, "0" * 32, timeout=1)
     assert files_in(tmp_path) == []
+
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def test_paths_defaults_env_and_user_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("METALIB_CACHE_DIR", raising=False)
+    monkeypatch.delenv("METALIB_DATA_DIR", raising=False)
+    assert paths.checkout_root() == REPO_ROOT
+    assert paths.cache_dir() == default_cache_dir() == REPO_ROOT / "data"
+    assert paths.data_dir() is None and paths.data_dir(tmp_path) == tmp_path
+    assert paths.cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.setenv("METALIB_CACHE_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("METALIB_DATA_DIR", str(tmp_path / "data"))
+    assert paths.cache_dir() == tmp_path / "env" and paths.data_dir() == tmp_path / "data"
+    assert paths.cache_dir(tmp_path / "arg") == tmp_path / "arg"  # the argument wins
+    monkeypatch.delenv("METALIB_CACHE_DIR")
+    # an installed copy (no checkout): the user cache folder
+    monkeypatch.setattr(paths, "checkout_root", lambda: None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert paths.cache_dir() == tmp_path / "xdg" / "metalib"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert paths.cache_dir() == tmp_path / "home" / ".cache" / "metalib"
+
+
+def test_installed_copy_is_not_a_checkout(tmp_path, monkeypatch):
+    site = tmp_path / "site-packages"
+    (site / "metalib" / "data").mkdir(parents=True)
+    (site / "pyproject.toml").write_text("")  # even a stray one there does not make a checkout
+    monkeypatch.setattr(paths, "__file__", str(site / "metalib" / "paths.py"))
+    assert paths.checkout_root() is None
+
+
+def test_relative_paths_are_tried_from_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("METALIB_DATA_DIR", "tests/fixtures")  # not below tmp_path
+    assert paths.data_dir() == REPO_ROOT / "tests" / "fixtures"
+    (tmp_path / "tests" / "fixtures").mkdir(parents=True)  # now it exists from the cwd
+    assert paths.data_dir() == Path("tests/fixtures")
+    assert paths.resolve("nowhere/x") == Path("nowhere/x")
 
 
 # ------------------------------------------------------------ synthetic Omniglot copy
@@ -223,9 +290,16 @@ def test_download_path_verifies_md5_and_refetches_corrupt_zip(tmp_path, fake_cou
     check_fake(load_omniglot(cache_dir=cache))
     zip_path = cache / "omniglot" / "images_background.zip"
     assert md5(zip_path.read_bytes()) == md5s["background"]
-    # a truncated download is detected, deleted and fetched again
-    zip_path.write_bytes(zip_path.read_bytes()[:1000])
+    # a truncated zip in the download folder (metalib only ever writes verified files there)
+    # is reported in one line and left untouched; once removed, it is fetched again
+    truncated = zip_path.read_bytes()[:1000]
+    zip_path.write_bytes(truncated)
     (cache / "cache" / "omniglot28.pt").unlink()
+    with pytest.raises(InvalidDatasetError, match="not a readable zip") as err:
+        load_omniglot(cache_dir=cache)
+    assert str(zip_path) in str(err.value) and "\n" not in str(err.value)
+    assert zip_path.read_bytes() == truncated
+    zip_path.unlink()
     check_fake(load_omniglot(cache_dir=cache))
     assert md5(zip_path.read_bytes()) == md5s["background"]
     # a server answering with other bytes is rejected
@@ -271,6 +345,65 @@ def test_offline_missing_dataset_gives_a_clear_error(tmp_path, monkeypatch, down
     assert files_in(tmp_path) == []
 
 
+def offline(monkeypatch) -> None:
+    """No network: every URL fails to open (download_file itself still runs)."""
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError(f"offline (test): {url}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+
+@pytest.mark.parametrize("download", [True, False])
+@pytest.mark.parametrize("layout", ["flat_zip", "flat_folders"])
+def test_repacked_copy_in_download_folder_is_used_offline_and_kept(tmp_path, fake_counts, monkeypatch, layout, download):
+    """A valid copy whose md5 is not the canonical one (a repacked zip, like the shared
+    data's) put into the download folder is used without network and never deleted."""
+    cache = tmp_path / "cache"
+    downloads = write_fake(cache / "omniglot", layout)
+    before = {f: f.read_bytes() for f in files_in(downloads)}
+    if layout == "flat_zip":
+        assert md5((downloads / "images_background.zip").read_bytes()) != om.OMNIGLOT_MD5["background"]
+    offline(monkeypatch)
+    check_fake(load_omniglot(cache_dir=cache, download=download))
+    assert {f: f.read_bytes() for f in files_in(downloads)} == before
+
+
+def test_split_file_in_download_folder_is_used_offline_and_kept(tmp_path, monkeypatch):
+    monkeypatch.delenv("METALIB_DATA_DIR", raising=False)
+    monkeypatch.setattr(sp, "_VINYALS_CHARACTERS", {**sp._VINYALS_CHARACTERS, "val": 1})
+    path = tmp_path / "cache" / "omniglot" / "splits" / "vinyals" / "val.txt"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(f"Angelic/character01/rot{d:03d}\n" for d in (0, 90, 180, 270)))
+    offline(monkeypatch)
+    entries = read_vinyals_split("val", cache_dir=tmp_path / "cache")  # md5 is not the canonical one
+    assert entries == [("Angelic/character01", d) for d in (0, 90, 180, 270)] and path.is_file()
+
+
+def write_splits(data_dir: Path, splits: dict[str, list[str]]) -> Path:
+    folder = data_dir / "omniglot" / "splits" / "vinyals"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, chars in splits.items():
+        (folder / f"{name}.txt").write_text("".join(f"{c}/rot{d:03d}\n" for c in chars for d in (0, 90, 180, 270)))
+    return folder
+
+
+def test_overlapping_split_files_are_rejected(tmp_path, fake_counts, monkeypatch):
+    monkeypatch.setattr(sp, "_VINYALS_CHARACTERS", {"train": 2, "val": 1, "test": 2, "trainval": 3})
+    data_dir = write_fake(tmp_path / "copy", "omniglot_zip")
+    train, val, test = FAKE_NAMES[:2], FAKE_NAMES[2:3], FAKE_NAMES[3:]
+    folder = write_splits(data_dir, {"train": train, "val": val, "test": test, "trainval": train + val})
+    cache = tmp_path / "cache"
+    splits = omniglot_splits("vinyals", data_dir=data_dir, cache_dir=cache, download=False)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 8, "val": 4, "test": 8, "trainval": 12}
+    write_splits(data_dir, {"test": ["Gamma/character01", "Alpha/character02"]})  # a train character
+    with pytest.raises(InvalidDatasetError) as err:
+        omniglot_splits("vinyals", splits=["train", "test"], data_dir=data_dir, cache_dir=cache, download=False)
+    msg = str(err.value)
+    assert str(folder / "train.txt") in msg and str(folder / "test.txt") in msg
+    assert "Alpha/character02" in msg and "must be disjoint" in msg and "\n" not in msg
+
+
 def test_unknown_protocol_and_split_names():
     with pytest.raises(ValueError, match="unknown Omniglot protocol 'omni'; valid: vinyals, lake"):
         omniglot_splits("omni")
@@ -298,7 +431,7 @@ def test_split_file_download_is_md5_checked(tmp_path, monkeypatch, omniglot_data
     server = tmp_path / "server"
     server.mkdir()
     shutil.copy(omniglot_data_dir / "omniglot" / "splits" / "vinyals" / "val.txt", server / "val.txt")
-    monkeypatch.setattr(om, "VINYALS_URL", server.as_uri() + "/{name}.txt")
+    monkeypatch.setattr(sp, "VINYALS_URL", server.as_uri() + "/{name}.txt")
     entries = read_vinyals_split("val", tmp_path / "empty", cache_dir=tmp_path / "cache")
     assert len(entries) == 688 and entries[1] == (entries[0][0], 90)
     assert (tmp_path / "cache" / "omniglot" / "splits" / "vinyals" / "val.txt").is_file()
@@ -306,9 +439,9 @@ def test_split_file_download_is_md5_checked(tmp_path, monkeypatch, omniglot_data
         f.write("Angelic/character01/rot000\n")
     with pytest.raises(DatasetNotFoundError, match="md5 mismatch") as err:
         read_vinyals_split("val", tmp_path / "empty", cache_dir=tmp_path / "cache2")
-    assert "val.txt" in str(err.value) and om.VINYALS_MD5["val"] in str(err.value)
+    assert "val.txt" in str(err.value) and sp.VINYALS_MD5["val"] in str(err.value)
     assert files_in(tmp_path / "cache2") == []
-    monkeypatch.setattr(om, "VINYALS_MD5", {**om.VINYALS_MD5, "val": md5((server / "val.txt").read_bytes())})
+    monkeypatch.setattr(sp, "VINYALS_MD5", {**sp.VINYALS_MD5, "val": md5((server / "val.txt").read_bytes())})
     with pytest.raises(InvalidDatasetError, match="expected 688"):
         read_vinyals_split("val", tmp_path / "empty", cache_dir=tmp_path / "cache3")
 

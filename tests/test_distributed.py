@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from metalib.algorithms import anil, fomaml, maml, metasgd, protonet, reptile
-from metalib.distributed import (AllReduce, DistContext, ShardedTasks, distributed_evaluate, distributed_meta_train,
+from metalib.distributed import (DistContext, ShardedExecution, distributed_evaluate, distributed_meta_train,
                                  init_distributed, prepare_once, shutdown_distributed)
 from metalib.models import Conv4, conv4, mlp
 from metalib.tasks import EpisodeSampler, SinusoidTasks
@@ -84,7 +84,7 @@ def run_case(name: str, distributed: bool) -> dict:
     history = distributed_meta_train(learner, train, **kw) if distributed else meta_train(learner, train, **kw)
     ev = (distributed_evaluate if distributed else evaluate)(learner, test, n_tasks=EVAL_TASKS)
     return {"state": {k: v.detach().clone() for k, v in learner.state_dict().items()},
-            "history": history.drop(columns="time_s").to_dict("list"),
+            "history": history.drop(columns=["time_s", "cpu_s"]).to_dict("list"),
             "eval": {"mean": ev.mean, "ci95": ev.ci95, "n_tasks": ev.n_tasks, "scores": ev.scores}}
 
 
@@ -175,19 +175,23 @@ def _show(proc: subprocess.CompletedProcess) -> str:
 # ----------------------------------------------------------------------------- unit tests (fast)
 
 
+def _rank(r: int, world: int) -> ShardedExecution:
+    return ShardedExecution(DistContext(rank=r, world_size=world), meta_batch=8)
+
+
 def test_sharded_tasks_split_each_step_into_contiguous_equal_shares():
-    shards = [ShardedTasks(8, r, 4) for r in range(4)]
-    assert [s(3) for s in shards] == [[24, 25], [26, 27], [28, 29], [30, 31]]
-    assert sum((s(0) for s in shards), []) == list(range(8))
-    assert ShardedTasks(8, 0, 1)(2) == list(range(16, 24))  # one process: the whole meta-batch
+    shards = [_rank(r, 4) for r in range(4)]
+    assert [s.train_tasks(3, 8) for s in shards] == [[24, 25], [26, 27], [28, 29], [30, 31]]
+    assert sum((s.train_tasks(0, 8) for s in shards), []) == list(range(8))
+    assert _rank(0, 1).train_tasks(2, 8) == list(range(16, 24))  # one process: the whole meta-batch
     # evaluation shares may be unequal but cover range(n) in rank order
-    assert [ShardedTasks(8, r, 4).eval_share(10) for r in range(4)] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
-    assert [ShardedTasks(8, r, 4).eval_share(2) for r in range(4)] == [[0], [1], [], []]
+    assert [_rank(r, 4).eval_tasks(10) for r in range(4)] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    assert [_rank(r, 4).eval_tasks(2) for r in range(4)] == [[0], [1], [], []]
 
 
 def test_meta_batch_must_be_divisible_by_the_world_size():
     with pytest.raises(ValueError, match=r"meta-batch 6 is not divisible by the 4 ranks.*e\.g\. 4 or 8"):
-        ShardedTasks(6, 0, 4)
+        ShardedExecution(DistContext(rank=0, world_size=4), meta_batch=6)
 
 
 def test_single_process_fallback_without_torchrun(monkeypatch):
@@ -196,8 +200,8 @@ def test_single_process_fallback_without_torchrun(monkeypatch):
     assert (ctx.rank, ctx.world_size, ctx.backend, ctx.is_main, ctx.is_distributed) == (0, 1, None, True, False)
     assert not dist.is_initialized()
     grads, metrics = {"w": torch.ones(2)}, {"loss": 1.5}
-    reduce = AllReduce(ctx)
-    assert reduce(grads, metrics) == (grads, metrics) and reduce.agree(True) and not reduce.agree(False)
+    execution = ShardedExecution(ctx)
+    assert execution.reduce(grads, metrics) == (grads, metrics) and execution.agree(True) and not execution.agree(False)
     assert prepare_once(lambda: 7, ctx) == 7
     with pytest.raises(ValueError, match="timeout must be positive"):
         init_distributed(timeout=0)

@@ -66,8 +66,8 @@ def naive_meta_gradient(model, batch, *, steps, lr, first_order=False, adapt=Non
 
 
 def model_grads(grads: dict) -> dict:
-    """Meta-gradients are keyed by the learner's parameter names ('model.<name>')."""
-    return {k[len("model."):]: v for k, v in grads.items() if k.startswith("model.")}
+    """Meta-gradients are keyed by the model's parameter names (learned inner rates by 'inner_lr.<name>')."""
+    return {k: v for k, v in grads.items() if not k.startswith("inner_lr.")}
 
 
 def flat(grads) -> torch.Tensor:
@@ -186,7 +186,7 @@ def test_reptile_update_points_toward_adapted_weights():
     for k, p in model.named_parameters():
         p.grad = grads[k]
     opt.step()
-    fast = adapt(model, before, batch.support_x, batch.support_y, learner.inner)
+    fast = adapt(model, before, batch, learner.inner)
     for k, p in model.named_parameters():
         toward = fast[k].mean(0) - before[k]
         torch.testing.assert_close(p.detach() - before[k], 0.5 * toward, rtol=1e-10, atol=1e-12)
@@ -214,7 +214,7 @@ def test_unknown_adapt_names_are_rejected():
     from metalib.inner import InnerConfig
     model = mlp(seed=0)
     with pytest.raises(ValueError, match="unknown parameters"):
-        adapt(model, dict(model.named_parameters()), torch.zeros(1, 5, 1), torch.zeros(1, 5, 1),
+        adapt(model, dict(model.named_parameters()), TaskBatch(*[torch.zeros(1, 5, 1)] * 4),
               InnerConfig(adapt=("nope",)))
 
 
@@ -270,7 +270,7 @@ def test_threads_strategy_is_deterministic_and_leaves_thread_settings_alone(two_
     t.start()
     t.join()
     assert seen == [threads]  # and threads started later get the caller's setting, not the workers'
-    from metalib.inner import _pool
+    from metalib.inner.workers import pool as _pool
     assert set(_pool(threads).map(lambda _: torch.get_num_threads(), range(threads))) == {1}
 
 
@@ -301,7 +301,7 @@ def test_per_task_gradients_contract_any_weighting_of_the_losses(strategy, two_o
     weights = torch.tensor([0.1, -2.0, 0.7, 3.0])
     grads = {}
     for s in (strategy, "batched"):
-        losses, _ = task_losses(model, params, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
+        losses, _ = task_losses(model, params, batch,
                                 InnerConfig(steps=2, lr=0.4, strategy=s))
         grads[s] = torch.autograd.grad((weights * losses).sum(), list(params.values()))
     assert (flat(grads[strategy]) - flat(grads["batched"])).abs().max() < 1e-10
@@ -327,3 +327,30 @@ def test_threads_strategy_works_in_a_forked_child(two_or_more_threads):
         child.kill()
     assert child.exitcode == 0, "the forked child hung or failed"
     assert queue.get(timeout=5) == pytest.approx(flat(grads.values()).norm().item(), rel=1e-12)
+
+
+def test_a_user_defined_problem_gives_the_same_losses_under_every_strategy():
+    """A problem is one per-sample loss and score, reduced per task in one place: no engine may pick its
+    own loss (the batched engine once chose it by the problem's name and computed MSE for an L1 problem)."""
+    from metalib.inner import InnerConfig, task_losses
+    from metalib.problems import Problem
+
+    def l1(out, y):
+        return (out - y).abs().flatten(1).mean(1)
+
+    problem = Problem("l1", l1, l1, "mae", higher_is_better=False)
+    model = mlp(seed=0)
+    batch = sine_batch(tasks=4)
+    params = dict(model.named_parameters())
+    losses = {s: task_losses(model, params, batch, InnerConfig(steps=2, lr=0.01, strategy=s, problem=problem))
+              for s in ("batched", "vmap", "loop")}
+    naive = []
+    for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
+        fast = dict(params)
+        for _ in range(2):
+            g = torch.autograd.grad((functional_call(model, fast, (sx,)) - sy).abs().mean(), list(fast.values()))
+            fast = {k: w - 0.01 * gk for (k, w), gk in zip(fast.items(), g)}
+        naive.append((functional_call(model, fast, (qx,)) - qy).abs().mean())
+    for s, (loss, score) in losses.items():
+        torch.testing.assert_close(loss, torch.stack(naive), rtol=1e-10, atol=1e-12, msg=s)
+        torch.testing.assert_close(score, torch.stack(naive).detach(), rtol=1e-10, atol=1e-12, msg=s)

@@ -7,11 +7,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from metalib.notebooks import (BASELINES_DIR, NOTEBOOKS_DIR, OUTPUT_ROOT, NotebookFormatError, baseline_path,
-                               compare_metrics, discover_notebooks, find_parameters_cell, load_baseline,
-                               parse_parameters, run_notebook)
+from metalib.runner import (NotebookFormatError, baseline_path, compare_metrics, discover_notebooks,
+                            find_parameters_cell, find_project, load_baseline, parse_parameters, run_notebook)
 
-NOTEBOOKS = discover_notebooks(NOTEBOOKS_DIR)
+PROJECT = find_project(Path(__file__).parent)  # this checkout, whatever the working directory
+BASELINES_DIR = PROJECT.baselines_dir
+NOTEBOOKS = discover_notebooks(PROJECT.notebooks_dir)
 IDS = [p.stem for p in NOTEBOOKS]
 
 
@@ -48,9 +49,9 @@ def test_notebook_matches_baseline(path: Path):
     baseline_file = baseline_path(path, BASELINES_DIR)
     if not baseline_file.exists():
         pytest.fail(f"no baseline {baseline_file.relative_to(BASELINES_DIR.parents[1])} for {path.name}: create "
-                    f"it with `make baselines` (or `python -m metalib.notebooks run --profile quick "
+                    f"it with `make baselines` (or `python -m metalib.runner run --profile quick "
                     f"--update-baselines --only {path.stem}`) and commit it")
-    result = run_notebook(path, OUTPUT_ROOT / "test", profile="quick")
+    result = run_notebook(path, PROJECT.output_root / "test", profile="quick")
     if not result.ok:
         pytest.fail(f"{path.name} {result.status}: {result.error}\nexecuted notebook: {result.output_path}\n"
                     f"{result.traceback}", pytrace=False)

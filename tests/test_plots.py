@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from metalib import EpisodeSampler, SinusoidTasks, evaluate, maml, mlp, pretrain  # noqa: E402
 from metalib import plots, widgets  # noqa: E402
 from metalib.data import ClassSplit  # noqa: E402
-from metalib.train import confidence_interval  # noqa: E402
+from metalib.evaluate import confidence_interval  # noqa: E402
 
 CLASSES, DRAWINGS, SIZE = 12, 20, 8
 

@@ -1,4 +1,4 @@
-"""The notebook runner (metalib.notebooks) on the fixture notebooks in tests/fixtures/."""
+"""The notebook runner (metalib.runner) and metrics recorder (metalib.metrics) on the fixtures in tests/fixtures/."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from metalib.notebooks import (METRICS_ENV, NotebookFormatError, compare_metrics, default_tolerance,
-                               find_parameters_cell, load_metrics, main, make_baseline, notebook_parameters,
-                               parse_cli_value, parse_parameters, profile_parameters, record_metric,
-                               record_metrics, resolve_kernel, run_notebook, select_notebooks)
+from metalib.metrics import METRICS_ENV, load_metrics, record_metric, record_metrics
+from metalib.runner import (NotebookFormatError, ProjectNotFoundError, compare_metrics, default_tolerance,
+                            find_parameters_cell, find_project, main, make_baseline, notebook_parameters,
+                            parse_cli_value, parse_parameters, profile_parameters, resolve_kernel, run_notebook,
+                            select_notebooks)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "tiny.ipynb"
@@ -91,6 +92,37 @@ def test_cli_values_and_selection(tmp_path):
     assert select_notebooks(paths, None) == paths
     with pytest.raises(LookupError, match="matches no notebook"):
         select_notebooks(paths, ["07"])
+
+
+def test_project_is_found_from_the_working_directory(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "project"
+    (root / "tests" / "baselines").mkdir(parents=True)
+    (root / "pyproject.toml").touch()
+    (root / "notebooks").mkdir()
+    _notebook(root / "notebooks", "01_intro.ipynb", _params_cell("x = 1  # full: 2"))
+    _notebook(root / "notebooks", "02_broken.ipynb", new_code_cell("x = 1"))
+    (root / "tests" / "baselines" / "01_intro.json").write_text('{"metrics": {}}')
+    project = find_project(root / "notebooks")
+    assert (project.notebooks_dir, project.output_root, project.baselines_dir) == \
+        (root / "notebooks", root / "output", root / "tests" / "baselines")
+
+    monkeypatch.chdir(root / "tests")
+    assert main(["list"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].split()[:3] == ["01_intro", "01_intro.ipynb", "x=1"] and rows[1].endswith("yes")
+    assert rows[2].split()[0] == "02_broken" and rows[2].endswith("no")
+    # The output folder defaults to the project's output/<profile>/ (02_broken fails before a kernel starts).
+    assert main(["run", "--only", "02"]) == 1
+    assert f"executed notebooks and metrics in {(root / 'output' / 'quick').resolve()}/" in capsys.readouterr().out
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ProjectNotFoundError):
+        find_project()
+    assert main(["list", "--notebooks-dir", str(root / "notebooks")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no project folder") and err.endswith("pass --baselines-dir\n")
+    assert err.count("\n") == 1
+    assert main(["list", "--notebooks-dir", str(root / "notebooks"), "--baselines-dir", str(tmp_path)]) == 0
 
 
 def test_unknown_kernel_falls_back_to_this_interpreter():
@@ -194,10 +226,25 @@ def test_failing_notebook_names_the_cell(tmp_path, capsys):
     assert not (tmp_path / "failing.metrics.json").exists()
 
 
-def test_timeout_stops_the_notebook(tmp_path):
-    slow = _notebook(tmp_path, "slow.ipynb", _params_cell("seconds = 60"),
-                     new_code_cell("import time\ntime.sleep(seconds)"))
-    result = run_notebook(slow, tmp_path / "out", timeout=3)
-    assert result.status == "timeout"
-    assert "3 s timeout in cell 2" in result.error
-    assert result.runtime_s < 30
+@pytest.fixture(scope="module")
+def timed_out(tmp_path_factory):
+    """A notebook stopped by a 3 s timeout in its sleeping cell 2, before cell 3."""
+    folder = tmp_path_factory.mktemp("slow")
+    slow = _notebook(folder, "slow.ipynb", _params_cell("seconds = 60"),
+                     new_code_cell("import time\ntime.sleep(seconds)"), new_code_cell("print('never reached')"))
+    return run_notebook(slow, folder / "out", timeout=3)
+
+
+def test_timeout_stops_the_notebook(timed_out):
+    assert timed_out.status == "timeout"
+    assert "3 s timeout in cell 2" in timed_out.error
+    assert timed_out.runtime_s < 30
+
+
+def test_timeout_marks_the_cell_in_the_executed_notebook(timed_out):
+    # As papermill marks a cell that raised; it used to save every cell as completed, without an exception.
+    executed = nbformat.read(timed_out.output_path, as_version=4)
+    status = [(cell.metadata.papermill["status"], cell.metadata.papermill["exception"]) for cell in executed.cells]
+    assert status[2] == ("failed", True)
+    assert status[3] == ("pending", None)
+    assert executed.metadata.papermill["exception"] is True

@@ -1,7 +1,9 @@
-"""Checksum-verified, atomic file downloads.
+"""Checksum-verified, atomic file downloads that never delete or replace an existing file.
 
 A file only ever appears at its destination path after its md5 has been verified, so a
-crash mid-download leaves at most a ``*.part`` temp file that is never read back.
+crash mid-download leaves at most a ``*.part`` temp file that is never read back. A file
+already at the destination with another md5 was not written here (a copy put there by
+hand, say) and is left untouched: the download is refused with a message naming it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class DownloadError(OSError):
 
 
 class ChecksumError(ValueError):
-    """Downloaded bytes do not have the expected md5."""
+    """Downloaded bytes, or a file already at the destination, do not have the expected md5."""
 
 
 def file_md5(path: str | os.PathLike[str]) -> str:
@@ -60,22 +62,22 @@ def download_file(
 ) -> Path:
     """Download ``url`` to ``dest`` unless ``dest`` already exists with the right md5.
 
-    An existing ``dest`` with a different md5 (corrupt, truncated) is deleted and fetched
-    again. The bytes go to a temp file next to ``dest`` that is renamed onto ``dest`` with
-    ``os.replace`` only after its md5 matched, so readers never see a partial file.
+    The bytes go to a temp file next to ``dest`` that is linked to ``dest`` (renamed on file
+    systems without hard links) only after its md5 matched, so readers never see a partial
+    file. An existing ``dest`` with another md5 is never deleted nor replaced (this function
+    only ever leaves verified files there, so someone else put it there): ``ChecksumError``.
     ``opener(url, timeout=...)`` defaults to :func:`urllib.request.urlopen` (which also
     handles ``file://`` URLs).
 
     Raises:
         DownloadError: the URL could not be read; nothing is left behind.
-        ChecksumError: the downloaded bytes have the wrong md5; nothing is left behind.
+        ChecksumError: the downloaded bytes have the wrong md5 (nothing is left behind),
+            or ``dest`` already holds other bytes (left untouched, nothing is fetched).
     """
     dest = Path(dest)
     md5 = md5.lower()
-    if dest.exists():
-        if file_md5(dest) == md5:
-            return dest
-        dest.unlink()  # corrupt or partial copy: never use it
+    if dest.exists() and _verified(dest, md5, url):
+        return dest
 
     out_file, tmp = open_temp(dest)
     open_url = opener if opener is not None else urllib.request.urlopen
@@ -95,8 +97,23 @@ def download_file(
                 f"md5 mismatch for {url}: expected {md5}, got {actual}; the download was "
                 "discarded. Retry, or check that the URL still serves the original file."
             )
-        os.replace(tmp, dest)
-    except BaseException:
+        try:
+            os.link(tmp, dest)  # unlike os.replace, never clobbers a file that appeared meanwhile
+        except FileExistsError:
+            _verified(dest, md5, url)  # e.g. a concurrent download of the same file
+        except OSError:  # a file system without hard links
+            os.replace(tmp, dest)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
     return dest
+
+
+def _verified(dest: Path, md5: str, url: str) -> bool:
+    """True if the existing ``dest`` has ``md5``; else ChecksumError, leaving it untouched."""
+    actual = file_md5(dest) if dest.is_file() else "none (not a file)"
+    if actual != md5:
+        raise ChecksumError(
+            f"{dest} already exists with md5 {actual}, not the expected {md5}; it was left "
+            f"untouched: move or delete it, then retry to download {url} there."
+        )
+    return True
