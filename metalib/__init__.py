@@ -21,6 +21,17 @@ from .problems import CLASSIFICATION, REGRESSION, Problem
 from .recipes import RECIPES, get_recipe
 from .tasks import EpisodeSampler, SinusoidTasks, TaskBatch, TaskSampler
 from .train import NonFiniteError, make_optimizer, meta_train
-from .utils import resolve_device, seed_everything
+from .utils import resolve_device, seed_everything, setup
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "hyper", "ALGORITHMS", "GradientMetaLearner", "MetaLearner", "ProtoNet", "Reptile", "anil", "fomaml",
+    "make_learner", "maml", "metasgd", "pretrain", "protonet", "reptile", "load_checkpoint", "save_checkpoint",
+    "ClassSplit", "load_omniglot", "omniglot_splits", "EvalResult", "adaptation_curve", "adapted_predictions",
+    "confidence_interval", "evaluate", "Execution", "InnerConfig", "adapt", "forward", "forward_adapted",
+    "task_losses", "record_metric", "BATCHNORM_MODE", "MLP", "Conv4", "TaskBatchedModel", "conv4", "mlp",
+    "CLASSIFICATION", "REGRESSION", "Problem", "RECIPES", "get_recipe", "EpisodeSampler", "SinusoidTasks",
+    "TaskBatch", "TaskSampler", "NonFiniteError", "make_optimizer", "meta_train", "resolve_device",
+    "seed_everything", "setup",
+]

@@ -23,17 +23,14 @@ straight into a ``torch.optim`` optimiser; entries with ``requires_grad=False`` 
   :func:`meta_fit` runs Adam on ``w`` with it (Maclaurin et al., 2015; Franceschi et al., 2017).
 * :func:`hypergradient_descent` adapts the learning rate *online*, within a single run, from the dot
   product of successive gradients (Almeida et al., 1998; Baydin et al., 2018).
-* :func:`grid_search` / :func:`random_search` tune by trial and error (Bergstra and Bengio, 2012), the
-  AutoML baseline: each trial is a full training run.
+* tuning by trial and error, the AutoML baseline these are compared with, is :mod:`metalib.search`.
 
 Everything is functional (``torch.func.functional_call``): the model's own weights are never modified.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import pandas as pd
@@ -42,13 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .inner import sgd_step
+from .types import Params
+
 __all__ = [
-    "Params", "Hyper", "Data", "make_hyper", "hyper_values", "learning_rates", "initial_params",
+    "Hyper", "Data", "make_hyper", "split_episode", "classification_scores", "hyper_values", "learning_rates", "initial_params",
     "unrolled_train", "train", "loss_on", "hypergradient", "meta_fit", "hypergradient_descent",
-    "SearchResult", "grid_search", "random_search",
 ]
 
-Params = dict[str, Tensor]
 Hyper = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
 #: Training data: one fixed ``(x, y)`` batch (full-batch GD) or ``step -> (x, y)`` (minibatch SGD).
@@ -144,8 +142,61 @@ def loss_on(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, loss_f
     return loss_fn(functional_call(model, dict(params), (x,)), y)
 
 
+def split_episode(task, pool: int = 1) -> tuple[Batch, Batch, Batch]:
+    """One classification episode (a ``TaskBatch`` of one task) as a single-task problem: the support set is
+    the training data, the query set is halved per class into validation and test data. Images are
+    average-pooled by ``pool``, flattened, and standardised with the training set's statistics."""
+    def flat(x: Tensor) -> Tensor:
+        return F.avg_pool2d(x, pool).flatten(1)
+    x_tr, y_tr = flat(task.support_x[0]), task.support_y[0]
+    mean, std = x_tr.mean(0), x_tr.std(0) + 0.1
+    x_q, y_q = (flat(task.query_x[0]) - mean) / std, task.query_y[0]
+    ways = int(y_tr.max()) + 1
+    idx = torch.arange(len(y_q), device=y_q.device).view(ways, -1)  # queries are grouped by class
+    half = idx.shape[1] // 2
+    val_idx, test_idx = idx[:, :half].flatten(), idx[:, half:].flatten()
+    return ((x_tr - mean) / std, y_tr), (x_q[val_idx], y_q[val_idx]), (x_q[test_idx], y_q[test_idx])
+
+
+def classification_scores(model: nn.Module, params: Mapping[str, Tensor], data: Mapping[str, Batch]) -> dict[str, float]:
+    """``{name}_loss`` (cross-entropy) and ``{name}_acc`` of trained ``params`` on each named batch."""
+    out = {}
+    with torch.no_grad():
+        for name, (x, y) in data.items():
+            logits = functional_call(model, dict(params), (x,))
+            out[f"{name}_loss"] = F.cross_entropy(logits, y).item()
+            out[f"{name}_acc"] = (logits.argmax(-1) == y).float().mean().item()
+    return out
+
+
 def _batch(data: Data, step: int) -> Batch:
     return data(step) if callable(data) else data
+
+
+def _descend(model: nn.Module, theta: Params, hyper: Mapping[str, Tensor], data: Data, steps: int, loss_fn: LossFn,
+             create_graph: bool, differentiable: bool, losses: list[float] | None) -> Params:
+    """The one training loop of this module: ``theta <- theta - lr_t * (grad + wd * theta)`` with the inner
+    loop's SGD step (:func:`metalib.inner.sgd_step`). ``differentiable=False``: plain training, detached."""
+    names = list(theta)
+    wd = hyper[WD].exp() if WD in hyper else None
+    if not differentiable and wd is not None:
+        wd = wd.item()
+    for t in range(steps):
+        with torch.enable_grad():
+            theta = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in theta.items()}
+            loss = loss_on(model, theta, _batch(data, t), loss_fn)
+            grads = torch.autograd.grad(loss, list(theta.values()), create_graph=create_graph and differentiable)
+        if losses is not None:
+            losses.append(loss.item())
+        lrs = learning_rates(hyper, t, names)
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+            if not differentiable:
+                lrs = {k: v.to(theta[k].dtype) for k, v in lrs.items()}
+            step = {k: g + wd * v if wd is not None else g for (k, v), g in zip(theta.items(), grads)}
+            theta = sgd_step(theta, step, lrs)
+        if not differentiable:
+            theta = {k: v.detach() for k, v in theta.items()}
+    return theta
 
 
 def unrolled_train(model: nn.Module, params: Mapping[str, Tensor], hyper: Mapping[str, Tensor], data: Data,
@@ -161,19 +212,7 @@ def unrolled_train(model: nn.Module, params: Mapping[str, Tensor], hyper: Mappin
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    theta = initial_params(hyper, params)
-    names = list(theta)
-    wd = hyper[WD].exp() if WD in hyper else None
-    for t in range(steps):
-        with torch.enable_grad():
-            theta = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in theta.items()}
-            loss = loss_on(model, theta, _batch(data, t), loss_fn)
-            grads = torch.autograd.grad(loss, list(theta.values()), create_graph=create_graph)
-        if losses is not None:
-            losses.append(loss.item())
-        lrs = learning_rates(hyper, t, names)
-        theta = {k: v - lrs[k] * (g + wd * v if wd is not None else g) for (k, v), g in zip(theta.items(), grads)}
-    return theta
+    return _descend(model, initial_params(hyper, params), hyper, data, steps, loss_fn, create_graph, True, losses)
 
 
 def train(model: nn.Module, params: Mapping[str, Tensor], data: Data, steps: int, *, lr: float | Tensor = 0.01,
@@ -185,19 +224,7 @@ def train(model: nn.Module, params: Mapping[str, Tensor], data: Data, steps: int
     """
     hyper = {k: v.detach() for k, v in hyper.items()} if hyper is not None else _as_hyper(lr, weight_decay)
     theta = {k: v.detach() for k, v in initial_params(hyper, params).items()}
-    names = list(theta)
-    wd = hyper[WD].exp().item() if WD in hyper else 0.0
-    for t in range(steps):
-        theta = {k: v.requires_grad_() for k, v in theta.items()}
-        with torch.enable_grad():
-            loss = loss_on(model, theta, _batch(data, t), loss_fn)
-            grads = torch.autograd.grad(loss, list(theta.values()))
-        if losses is not None:
-            losses.append(loss.item())
-        lrs = learning_rates(hyper, t, names)
-        with torch.no_grad():
-            theta = {k: v - lrs[k].to(v.dtype) * (g + wd * v) for (k, v), g in zip(theta.items(), grads)}
-    return {k: v.detach() for k, v in theta.items()}
+    return _descend(model, theta, hyper, data, steps, loss_fn, False, False, losses)
 
 
 # ------------------------------------------------------------------------------------ learning by gradient
@@ -306,71 +333,8 @@ def hypergradient_descent(model: nn.Module, params: Mapping[str, Tensor], data: 
                 alpha += beta * dot
         rows.append({"step": t, "lr": alpha, "train_loss": loss.item()})
         with torch.no_grad():
-            flat = torch.cat([v.flatten() for v in theta.values()]) - alpha * g
-            theta = dict(zip(theta, (c.view_as(v) for c, v in zip(flat.split([v.numel() for v in theta.values()]),
-                                                                     theta.values()))))
+            step = dict(zip(theta, (c.view_as(v) for c, v in zip(g.split([v.numel() for v in theta.values()]),
+                                                                 theta.values()))))
+            theta = {k: v.detach() for k, v in sgd_step(theta, step, alpha).items()}
         prev = g
     return {k: v.detach() for k, v in theta.items()}, pd.DataFrame(rows)
-
-
-# ------------------------------------------------------------------------------------- tuning by search
-
-@dataclass
-class SearchResult:
-    """Outcome of a search: the best configuration, its value, and every trial (one row each)."""
-
-    best: dict[str, Any]
-    best_value: float
-    trials: pd.DataFrame
-    time_s: float
-
-    @property
-    def n_trials(self) -> int:
-        return len(self.trials)
-
-
-def _run_trials(objective: Callable[..., float], configs: Sequence[dict[str, Any]]) -> SearchResult:
-    rows, start = [], time.perf_counter()
-    for i, cfg in enumerate(configs):
-        value = float(objective(**cfg))
-        rows.append({"trial": i, **cfg, "value": value if math.isfinite(value) else math.inf})
-    trials = pd.DataFrame(rows)
-    if trials.empty:
-        raise ValueError("a search needs at least one trial")
-    best = trials.loc[trials["value"].idxmin()]
-    config = {k: best[k].item() if hasattr(best[k], "item") else best[k] for k in configs[0]}  # plain Python values
-    return SearchResult(config, float(best["value"]), trials, time.perf_counter() - start)
-
-
-def grid_search(objective: Callable[..., float], grid: Mapping[str, Sequence[Any]]) -> SearchResult:
-    """Evaluate ``objective(**config)`` (lower is better) on the Cartesian product of ``grid``'s values.
-
-    Non-finite values (a diverged run) count as ``+inf``. ``grid_search(f, {"lr": [0.01, 0.1], "wd": [0, 1e-3]})``
-    makes 4 trials.
-    """
-    keys = list(grid)
-    configs = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
-    return _run_trials(objective, configs)
-
-
-def random_search(objective: Callable[..., float], space: Mapping[str, Any], n_trials: int,
-                  *, seed: int = 0) -> SearchResult:
-    """Evaluate ``objective(**config)`` (lower is better) on ``n_trials`` configurations drawn from ``space``.
-
-    Each entry of ``space`` is ``(low, high)`` (uniform), ``(low, high, "log")`` (log-uniform, for rates) or
-    a list of choices. Draws come from a generator seeded with ``seed``.
-    """
-    if n_trials < 1:
-        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
-    g = torch.Generator().manual_seed(seed)
-
-    def draw(spec: Any) -> Any:
-        if isinstance(spec, list):
-            return spec[int(torch.randint(len(spec), (), generator=g))]
-        lo, hi, *scale = spec
-        u = torch.rand((), generator=g, dtype=torch.float64).item()
-        if scale and scale[0] == "log":
-            return math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
-        return lo + u * (hi - lo)
-
-    return _run_trials(objective, [{k: draw(s) for k, s in space.items()} for _ in range(n_trials)])

@@ -1,4 +1,4 @@
-"""Small helpers every notebook cell uses: picking a device and seeding."""
+"""Small helpers every notebook uses: picking a device, seeding, and the two together (:func:`setup`)."""
 from __future__ import annotations
 
 import random
@@ -6,7 +6,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "seed_everything"]
+__all__ = ["resolve_device", "seed_everything", "setup"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -25,3 +25,13 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def setup(seed: int = 0, device: str | torch.device = "auto", cpu_threads: int | None = None) -> torch.device:
+    """The first lines of every notebook: resolve ``device``, seed everything with ``seed``, and on a CPU use
+    ``cpu_threads`` torch threads (``None``: torch's default). Returns the device."""
+    dev = resolve_device(device)
+    seed_everything(seed)
+    if cpu_threads is not None and dev.type == "cpu":
+        torch.set_num_threads(cpu_threads)
+    return dev

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalib import mlp
-from metalib.hyper import (grid_search, hyper_values, hypergradient, hypergradient_descent, loss_on, make_hyper,
-                           meta_fit, random_search, train, unrolled_train)
+from metalib.hyper import (hyper_values, hypergradient, hypergradient_descent, loss_on, make_hyper, meta_fit, train,
+                           unrolled_train)
+from metalib.search import grid_search, random_search
 
 
 @pytest.fixture(autouse=True, scope="module")

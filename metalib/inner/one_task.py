@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad
 
