@@ -48,7 +48,7 @@ def make_batch(meta_batch: int, device: torch.device, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(64, 20, 28, 28, generator=g) * 255).to(torch.uint8)
     b = EpisodeSampler(images, ways=5, shots=1, queries=15, seed=0, device=device).batch(range(meta_batch))
-    return type(b)(b.support_x.to(dtype), b.support_y, b.query_x.to(dtype), b.query_y)
+    return b.to(dtype=dtype)
 
 
 def variant_fn(name: str, model, batch, steps: int, first_order: bool):

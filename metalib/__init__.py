@@ -17,6 +17,7 @@ from .execution import Execution
 from .inner import InnerConfig, adapt, forward, forward_adapted, task_losses
 from .metrics import record_metric
 from .models import BATCHNORM_MODE, MLP, Conv4, TaskBatchedModel, conv4, mlp
+from .pretrained import load_pretrained
 from .problems import CLASSIFICATION, REGRESSION, Problem
 from .recipes import RECIPES, get_recipe
 from .tasks import EpisodeSampler, SinusoidTasks, TaskBatch, TaskSampler
@@ -31,7 +32,7 @@ __all__ = [
     "ClassSplit", "load_omniglot", "omniglot_splits", "EvalResult", "adaptation_curve", "adapted_predictions",
     "confidence_interval", "evaluate", "Execution", "InnerConfig", "adapt", "forward", "forward_adapted",
     "task_losses", "record_metric", "BATCHNORM_MODE", "MLP", "Conv4", "TaskBatchedModel", "conv4", "mlp",
-    "CLASSIFICATION", "REGRESSION", "Problem", "RECIPES", "get_recipe", "EpisodeSampler", "SinusoidTasks",
+    "load_pretrained", "CLASSIFICATION", "REGRESSION", "Problem", "RECIPES", "get_recipe", "EpisodeSampler", "SinusoidTasks",
     "TaskBatch", "TaskSampler", "NonFiniteError", "make_optimizer", "meta_train", "resolve_device",
     "seed_everything", "setup",
 ]

@@ -29,12 +29,12 @@ from .recipes import RECIPES, get_recipe
 from .tasks import EpisodeSampler, SinusoidTasks
 from .train import make_optimizer
 
-__all__ = ["build_parser", "parse_args", "main", "run", "run_settings"]
+__all__ = ["build_parser", "build_learner", "parse_args", "main", "run", "run_settings"]
 
 # the options that define a training run: resuming a checkpoint with any of them changed is refused
+# (--steps only with the cosine schedule, which it shapes; otherwise a longer run continues the same run)
 RUN_OPTIONS = ("algorithm", "dataset", "ways", "shots", "queries", "protocol", "hidden", "inner_lr", "inner_steps",
-               "optimizer", "outer_lr", "lr_schedule", "lr_min", "lr_step_size", "lr_gamma", "steps", "meta_batch",
-               "seed")
+               "optimizer", "outer_lr", "lr_schedule", "lr_min", "lr_step_size", "lr_gamma", "meta_batch", "seed")
 
 _SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}  # each split's task stream has its own seed
 
@@ -148,7 +148,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPars
 
 def run_settings(a: argparse.Namespace) -> dict[str, object]:
     """The options that define the run (stored in the checkpoint and compared on resume)."""
-    return {k: getattr(a, k) for k in RUN_OPTIONS}
+    settings = {k: getattr(a, k) for k in RUN_OPTIONS}
+    if a.lr_schedule == "cosine":
+        settings["steps"] = a.steps
+    return settings
 
 
 def _scheduler(a: argparse.Namespace, optimizer: torch.optim.Optimizer):
@@ -179,7 +182,8 @@ def _samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
             for s in wanted}
 
 
-def _learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
+def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
+    """The learner (model included, seeded) that the parsed options describe."""
     kw: dict[str, object] = {}
     if a.algorithm != "protonet":
         if a.inner_lr is not None or a.dataset == "sinusoid":
@@ -205,7 +209,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                              f"processes; each must draw the same number of tasks")
         say = print if ctx.is_main else (lambda *_, **__: None)
         samplers = _samplers(a, ctx)
-        learner = _learner(a, ctx.device)
+        learner = build_learner(a, ctx.device)
         optimizer = make_optimizer(learner, a.optimizer, a.outer_lr)
         scheduler = _scheduler(a, optimizer)
         say(f"{learner.name} on {a.dataset}: {ctx.world_size} process(es), backend={ctx.backend or 'none'}, "

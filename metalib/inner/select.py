@@ -91,8 +91,11 @@ def select_engine(strategy: str, device: torch.device, model: nn.Module) -> Engi
 
 
 def forward_adapted(model: nn.Module, params: Params, x: Tensor) -> Tensor:
-    """Outputs ``[B, n, ...]`` of per-task parameters (``[B, *shape]`` each, as :func:`adapt` returns
-    them) on inputs ``x`` ``[B, n, ...]``, e.g. to score or plot adapted models."""
+    """Outputs ``[B, n, ...]`` on inputs ``x`` ``[B, n, ...]`` of per-task parameters (``[B, *shape]``, as
+    :func:`adapt` returns them) or shared ones (the parameter's own shape), e.g. to score adapted models."""
     if isinstance(model, TaskBatchedModel):
         return model.forward_tasks(params, x, False, channels_last(x.device))
-    return torch.stack([forward(model, {k: v[i] for k, v in params.items()}, xi) for i, xi in enumerate(x)])
+    own = dict(model.named_parameters())
+    per_task = {k for k, v in params.items() if v.dim() == own[k].dim() + 1}
+    return torch.stack([forward(model, {k: v[i] if k in per_task else v for k, v in params.items()}, xi)
+                        for i, xi in enumerate(x)])

@@ -1,0 +1,61 @@
+"""What every learner offers training, evaluation and distribution: the :class:`MetaLearner` contract."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..models import BATCHNORM_MODE
+from ..problems import CLASSIFICATION, Problem
+from ..tasks import TaskBatch
+from ..types import Grads
+
+__all__ = ["MetaLearner"]
+
+
+class MetaLearner(nn.Module):
+    """Base class: an ``nn.Module`` holding the meta-parameters, so ``state_dict`` checkpoints it.
+
+    * ``meta_parameters() -> dict``: what the outer optimiser updates, keyed by name;
+    * ``meta_gradient(batch) -> (grads, metrics)``: gradients for ``meta_parameters()`` (same keys),
+      averaged over the tasks of the batch, and detached per-batch metrics;
+    * ``evaluate_batch(batch, steps=None) -> scores [B]``: adapt (``steps`` at test time) and score
+      each task's query set;
+    * ``default_optimizer(params, name=None, lr=None)`` and ``test_steps``: the learner's own defaults.
+    """
+
+    problem: Problem = CLASSIFICATION
+    name: str = "learner"
+    test_steps: int | None = None  # adaptation steps used at test time when none are given
+
+    def meta_parameters(self) -> dict[str, nn.Parameter]:
+        return dict(self.named_parameters())
+
+    def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
+        raise NotImplementedError
+
+    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def default_optimizer(self, name: str | None = None, lr: float | None = None) -> torch.optim.Optimizer:
+        """Adam(1e-3) unless the learner says otherwise (Reptile: SGD with its step size epsilon)."""
+        return make_torch_optimizer(list(self.meta_parameters().values()), name or "adam", lr, default_lr=1e-3)
+
+    def describe(self) -> dict[str, object]:
+        """Settings that belong next to any reported result."""
+        return {"algorithm": self.name, "batchnorm": BATCHNORM_MODE}
+
+    def _grads(self, loss: Tensor) -> Grads:
+        params = self.meta_parameters()
+        gs = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        return {k: (torch.zeros_like(p) if g is None else g) for (k, p), g in zip(params.items(), gs)}
+
+
+def make_torch_optimizer(params: list[nn.Parameter], name: str, lr: float | None,
+                         default_lr: float) -> torch.optim.Optimizer:
+    """``adam`` or ``sgd`` over ``params`` at ``lr`` (``default_lr`` when None)."""
+    lr = default_lr if lr is None else lr
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")

@@ -1,0 +1,132 @@
+"""MAML, FOMAML, Meta-SGD, ANIL and the joint pre-training baseline: configurations of the inner loop.
+
+==========  =========================================================================
+MAML        second-order meta-gradient through ``steps`` inner SGD steps
+FOMAML      the same with inner gradients treated as constants (``first_order=True``)
+Meta-SGD    MAML plus a learned inner learning rate per parameter entry
+ANIL        MAML that adapts only the head; the body is shared and fixed per task
+pretrain    0 inner steps in training (joint training), fine-tuned at test time
+==========  =========================================================================
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+
+from ..inner import InnerConfig, adapt, task_losses
+from ..models import split_body_head
+from ..problems import Problem, get_problem
+from ..tasks import TaskBatch
+from ..types import Grads, Params
+from .base import MetaLearner
+
+__all__ = ["GradientMetaLearner", "maml", "fomaml", "metasgd", "anil", "pretrain"]
+
+_LR_PREFIX = "inner_lr."
+
+
+class GradientMetaLearner(MetaLearner):
+    """One class, several configurations of :class:`~metalib.inner.InnerConfig`.
+
+    ``learn_lr=True`` (Meta-SGD) adds a learned inner learning rate per entry of every adapted
+    parameter, initialised to ``inner.lr``. Meta-parameters are keyed by the model's own parameter
+    names, and ``inner_lr.<name>`` for learned learning rates.
+    """
+
+    def __init__(self, model: nn.Module, inner: InnerConfig, *, learn_lr: bool = False, name: str = "maml"):
+        super().__init__()
+        self.model = model
+        self.inner = inner
+        self.problem = inner.problem
+        self.name = name
+        names = inner.adapt if inner.adapt is not None else [k for k, _ in model.named_parameters()]
+        self.inner_lrs = nn.ParameterDict()  # state_dict names: inner_lrs.<name with '.' -> '__'>
+        if learn_lr:
+            for k, p in model.named_parameters():
+                if k in names:
+                    self.inner_lrs[k.replace(".", "__")] = nn.Parameter(torch.full_like(p.detach(), inner.lr))
+
+    @property
+    def test_steps(self) -> int:
+        return self.inner.steps
+
+    def params(self) -> Params:
+        return dict(self.model.named_parameters())
+
+    def lrs(self) -> Params | None:
+        if len(self.inner_lrs) == 0:
+            return None
+        return {k.replace("__", "."): v for k, v in self.inner_lrs.items()}
+
+    def meta_parameters(self) -> dict[str, nn.Parameter]:
+        return {**self.params(), **{_LR_PREFIX + k: v for k, v in (self.lrs() or {}).items()}}
+
+    def query_losses(self, batch: TaskBatch, cfg: InnerConfig | None = None) -> tuple[Tensor, Tensor]:
+        """Per-task query losses and scores after adaptation, differentiable w.r.t. meta-parameters."""
+        return task_losses(self.model, self.params(), batch, cfg or self.inner, self.lrs())
+
+    def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
+        losses, scores = self.query_losses(batch)
+        loss = losses.mean()
+        return self._grads(loss), {"loss": loss.item(), self.problem.score_name: scores.mean().item()}
+
+    def _frozen(self, steps: int | None) -> tuple[InnerConfig, Params, Params | None]:
+        """Test-time settings: first-order, ``steps`` steps, detached meta-parameters."""
+        cfg = replace(self.inner, first_order=True, steps=self.inner.steps if steps is None else steps)
+        lrs = self.lrs()
+        return cfg, {k: v.detach() for k, v in self.params().items()}, \
+            None if lrs is None else {k: v.detach() for k, v in lrs.items()}
+
+    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
+        cfg, params, lrs = self._frozen(steps)
+        return task_losses(self.model, params, batch, cfg, lrs)[1]
+
+    def adapt(self, batch: TaskBatch, steps: int | None = None) -> Params:
+        """Adapted parameters of every task (``[B, ...]`` each), detached: for plots and inspection."""
+        cfg, params, lrs = self._frozen(steps)
+        return {k: v.detach() for k, v in adapt(self.model, params, batch, cfg, lrs).items()}
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "inner_steps": self.inner.steps, "inner_lr": self.inner.lr,
+                "first_order": self.inner.first_order, "learned_lr": len(self.inner_lrs) > 0,
+                "adapted": "head" if self.inner.adapt is not None else "all"}
+
+
+def maml(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_order: bool = False,
+         problem: str | Problem = "classification", strategy: str = "auto") -> GradientMetaLearner:
+    """MAML (Finn et al., 2017): second-order meta-gradient through ``steps`` inner SGD steps."""
+    cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem))
+    return GradientMetaLearner(model, cfg, name="fomaml" if first_order else "maml")
+
+
+def fomaml(model: nn.Module, **kw) -> GradientMetaLearner:
+    """First-order MAML: the query gradient at the adapted weights is the meta-gradient."""
+    return maml(model, first_order=True, **kw)
+
+
+def metasgd(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_order: bool = False,
+            problem: str | Problem = "classification", strategy: str = "auto") -> GradientMetaLearner:
+    """Meta-SGD (Li et al., 2017): inner learning rates per parameter entry, meta-learned with the init."""
+    cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem))
+    return GradientMetaLearner(model, cfg, learn_lr=True, name="metasgd")
+
+
+def anil(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_order: bool = False,
+         problem: str | Problem = "classification", strategy: str = "auto") -> GradientMetaLearner:
+    """ANIL (Raghu et al., 2020): only the head adapts in the inner loop."""
+    _, head = split_body_head(dict(model.named_parameters()))
+    if not head:
+        raise ValueError("ANIL needs a model with 'head.*' parameters (see metalib.models)")
+    cfg = InnerConfig(steps, inner_lr, first_order, tuple(head), strategy, get_problem(problem))
+    return GradientMetaLearner(model, cfg, name="anil")
+
+
+def pretrain(model: nn.Module, *, inner_lr: float = 0.01, problem: str | Problem = "classification",
+             strategy: str = "auto") -> GradientMetaLearner:
+    """Joint pre-training baseline: minimise the loss over all tasks' data at the shared weights
+    (the inner loop has 0 steps in training), then fine-tune at test time with ``inner_lr``
+    via ``evaluate(..., steps=k)``."""
+    cfg = InnerConfig(0, inner_lr, False, None, strategy, get_problem(problem))
+    return GradientMetaLearner(model, cfg, name="pretrain")

@@ -1,0 +1,63 @@
+"""Reptile (Nichol et al., 2018): adapt with plain SGD, then move the initialisation toward the result."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+
+from ..inner import InnerConfig, adapt, forward_adapted, task_losses
+from ..problems import Problem, get_problem
+from ..tasks import TaskBatch
+from ..types import Grads
+from .base import MetaLearner, make_torch_optimizer
+
+__all__ = ["Reptile", "reptile"]
+
+
+class Reptile(MetaLearner):
+    """The pseudo-gradient ``theta - mean_i(phi_i)`` is returned as the meta-gradient, so an outer SGD
+    step with learning rate ``epsilon`` gives ``theta <- theta + epsilon * (mean_i phi_i - theta)``."""
+
+    def __init__(self, model: nn.Module, inner: InnerConfig, name: str = "reptile"):
+        super().__init__()
+        self.model = model
+        self.inner = replace(inner, first_order=True)
+        self.problem = inner.problem
+        self.name = name
+
+    @property
+    def test_steps(self) -> int:
+        return self.inner.steps
+
+    def meta_parameters(self) -> dict[str, nn.Parameter]:
+        return dict(self.model.named_parameters())
+
+    def default_optimizer(self, name: str | None = None, lr: float | None = None) -> torch.optim.Optimizer:
+        """SGD(1.0): the outer step size epsilon of the paper (Adam also works: pass ``name="adam"``)."""
+        name = name or "sgd"
+        return make_torch_optimizer(list(self.meta_parameters().values()), name, lr,
+                                    default_lr=1.0 if name == "sgd" else 1e-3)
+
+    def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
+        params = {k: v.detach() for k, v in self.model.named_parameters()}
+        fast = adapt(self.model, params, batch, self.inner)
+        grads = {k: params[k] - fast[k].mean(0) for k in params}
+        with torch.no_grad():  # the training score comes from the same adapted weights, not a second adaptation
+            out = forward_adapted(self.model, fast, batch.query_x)
+        scores = self.problem.task_score(out, batch.query_y)
+        return grads, {self.problem.score_name: scores.mean().item()}
+
+    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
+        cfg = replace(self.inner, steps=self.inner.steps if steps is None else steps)
+        params = {k: v.detach() for k, v in self.model.named_parameters()}
+        return task_losses(self.model, params, batch, cfg)[1]
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "inner_steps": self.inner.steps, "inner_lr": self.inner.lr}
+
+
+def reptile(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 5, problem: str | Problem = "classification",
+            strategy: str = "auto") -> Reptile:
+    """Reptile with ``steps`` inner SGD steps at ``inner_lr``; its default outer optimiser is SGD."""
+    return Reptile(model, InnerConfig(steps, inner_lr, True, None, strategy, get_problem(problem)))

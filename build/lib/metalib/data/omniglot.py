@@ -1,0 +1,328 @@
+"""Omniglot (Lake et al., Science 2015): finding the raw data, decoding, the 28x28 cache.
+
+Where the data comes from, in order:
+
+1. the preprocessed cache ``<cache_dir>/cache/omniglot28.pt`` (built once, loads in ~0.1 s);
+2. a local copy in ``data_dir`` (argument, else the ``METALIB_DATA_DIR`` env var), as
+   ``<dir>/omniglot/images_background.zip`` or ``<dir>/images_background.zip`` or the
+   extracted folders ``<dir>[/omniglot]/images_background/<Alphabet>/<characterNN>/*.png``
+   (same for ``images_evaluation``);
+3. a copy in the download folder ``<cache_dir>/omniglot/``, as ``images_background.zip`` or
+   the extracted ``images_background/`` (an earlier download, or a copy put there by hand);
+4. the canonical zips, downloaded and md5-verified into ``<cache_dir>/omniglot/``.
+
+Copies found in 2 or 3 may be repacked, so instead of an md5 their content is validated
+(30 + 20 alphabets, 964 + 659 characters, 20 drawings each). A file metalib did not write
+is never deleted nor replaced: an invalid one is reported with the fix. The folders are
+chosen by :mod:`metalib.paths`; the class splits live in :mod:`metalib.data.splits`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .. import paths
+from .base import DatasetNotFoundError, InvalidDatasetError
+from .download import ChecksumError, DownloadError, download_file, open_temp
+
+__all__ = [
+    "OMNIGLOT_MD5",
+    "OMNIGLOT_URLS",
+    "Omniglot",
+    "cache_file",
+    "find_or_download",
+    "load_omniglot",
+]
+
+log = logging.getLogger(__name__)
+
+OMNIGLOT_URLS = {
+    "background": "https://github.com/brendenlake/omniglot/raw/master/python/images_background.zip",
+    "evaluation": "https://github.com/brendenlake/omniglot/raw/master/python/images_evaluation.zip",
+}
+OMNIGLOT_MD5 = {
+    "background": "68d2efa1b9178cc56df9314c21c6e718",
+    "evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
+}
+
+_PARTS = ("background", "evaluation")
+_EXPECTED = {"background": (30, 964), "evaluation": (20, 659)}  # (alphabets, characters)
+DRAWINGS = 20
+IMAGE_SIZE = 28
+_CACHE_NAME = "omniglot28.pt"
+_CACHE_FORMAT = 1  # bump when preprocessing changes so old caches are rebuilt
+
+
+def cache_file(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Path of the preprocessed 28x28 cache: ``<cache_dir>/cache/omniglot28.pt``."""
+    return paths.cache_dir(cache_dir) / "cache" / _CACHE_NAME
+
+
+# ------------------------------------------------------------------------ dataclass
+
+
+@dataclass(eq=False)
+class Omniglot:
+    """All 1623 Omniglot characters x 20 drawings, 28x28, strokes bright (uint8)."""
+
+    images: Tensor  # uint8 [1623, 20, 28, 28]
+    names: list[str]  # "Alphabet/characterNN", background characters first
+    background: Tensor  # bool [1623], True for images_background characters
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        if self.images.ndim != 4 or self.images.shape[0] != n:
+            raise ValueError(
+                f"images must be [C, drawings, H, W] with C = len(names) = {n}, "
+                f"got shape {tuple(self.images.shape)}"
+            )
+        if self.background.shape != (n,):
+            raise ValueError(f"background must have shape ({n},), got {tuple(self.background.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def alphabets(self) -> list[str]:
+        """Alphabet names in dataset order (30 background, then 20 evaluation)."""
+        return list(dict.fromkeys(name.split("/")[0] for name in self.names))
+
+    def index(self, name: str) -> int:
+        """Index of the character ``"Alphabet/characterNN"``."""
+        lookup = self.__dict__.get("_lookup")
+        if lookup is None:
+            lookup = self.__dict__["_lookup"] = {n: i for i, n in enumerate(self.names)}
+        try:
+            return lookup[name]
+        except KeyError:
+            raise KeyError(f"no Omniglot character named {name!r}") from None
+
+
+# ----------------------------------------------------------------------- raw sources
+
+
+class _Source:
+    """One of images_background / images_evaluation, as a zip or an extracted folder."""
+
+    def __init__(self, part: str, path: Path):
+        self.part, self.path = part, path
+        self.is_zip = path.suffix == ".zip"
+
+    def __repr__(self) -> str:
+        return str(self.path)
+
+    def characters(self) -> dict[tuple[str, str], list[str]]:
+        """``(alphabet, character) -> sorted member names``, validated against the expected counts."""
+        top = f"images_{self.part}"
+        found: dict[tuple[str, str], list[str]] = {}
+        if self.is_zip:
+            try:
+                with zipfile.ZipFile(self.path) as zf:
+                    members = zf.namelist()
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise self._invalid(f"not a readable zip ({exc})") from None
+            for m in members:
+                parts = m.split("/")
+                if len(parts) >= 4 and parts[-4] == top and parts[-1].endswith(".png") and "__MACOSX" not in parts:
+                    found.setdefault((parts[-3], parts[-2]), []).append(m)
+        else:
+            for f in self.path.glob("*/*/*.png"):
+                found.setdefault((f.parent.parent.name, f.parent.name), []).append(str(f))
+        for files in found.values():
+            files.sort()  # "<id>_<NN>.png": sorting orders drawings by drawer NN
+        self._validate(found)
+        return found
+
+    def _validate(self, found: dict[tuple[str, str], list[str]]) -> None:
+        n_alpha, n_chars = _EXPECTED[self.part]
+        alphabets = {a for a, _ in found}
+        bad = {f"{a}/{c}": len(v) for (a, c), v in found.items() if len(v) != DRAWINGS}
+        if len(alphabets) == n_alpha and len(found) == n_chars and not bad:
+            return
+        problems = [
+            f"{len(found)} characters in {len(alphabets)} alphabets (expected {n_chars} in {n_alpha})"
+        ]
+        if bad:
+            examples = ", ".join(f"{k}: {v}" for k, v in sorted(bad.items())[:3])
+            problems.append(f"{len(bad)} characters without exactly {DRAWINGS} drawings (e.g. {examples})")
+        raise self._invalid(
+            f"incomplete or not in the canonical layout "
+            f"images_{self.part}/<Alphabet>/<characterNN>/<id>_<NN>.png: {'; '.join(problems)}"
+        )
+
+    def _invalid(self, problem: str) -> InvalidDatasetError:
+        return InvalidDatasetError(
+            f"Omniglot copy {self.path} is {problem}. It was left untouched: replace it with "
+            f"the canonical {OMNIGLOT_URLS[self.part]} or move it away."
+        )
+
+    def iter_bytes(self, members: Sequence[str]) -> Iterator[bytes]:
+        """PNG bytes of ``members``, in order (the zip is opened once for all of them)."""
+        if self.is_zip:
+            with zipfile.ZipFile(self.path) as zf:
+                for m in members:
+                    yield zf.read(m)
+        else:
+            for m in members:
+                yield Path(m).read_bytes()
+
+
+def _local_candidates(root: Path, part: str) -> list[Path]:
+    name = f"images_{part}"
+    bases = [root / "omniglot", root]
+    return [b / f"{name}.zip" for b in bases] + [b / name for b in bases]
+
+
+def find_or_download(
+    what: str, candidates: Sequence[Path], target: Path, url: str, md5: str, cache_dir: Path, download: bool
+) -> Path:
+    """The first of ``candidates`` (``target`` among them) that exists, else ``url`` downloaded
+    to ``target``.
+
+    A path with a suffix (``.zip``, ``.txt``) must be a file, one without a folder. What is
+    found is returned as is, for the caller to validate its content (an md5 is only checked
+    on download); nothing found is ever deleted or replaced.
+
+    Raises:
+        DatasetNotFoundError: nothing found and the download is off or failed; the message
+            lists every path looked at and the fix.
+    """
+    looked = list(candidates) if target in candidates else [*candidates, target]
+    for cand in looked:
+        if cand.is_file() if cand.suffix else cand.is_dir():
+            if cand != target:
+                log.info("Omniglot: using local copy %s (content-validated; md5 not checked)", cand)
+            return cand
+    if not download:
+        raise DatasetNotFoundError(_not_found_message(what, looked, "download=False", cache_dir))
+    try:
+        return download_file(url, target, md5)
+    except (DownloadError, ChecksumError) as exc:
+        raise DatasetNotFoundError(_not_found_message(what, looked, str(exc), cache_dir)) from exc
+
+
+def _find_source(part: str, data_dir: Path | None, cache_dir: Path, download: bool) -> _Source:
+    target = cache_dir / "omniglot" / f"images_{part}.zip"
+    candidates = _local_candidates(data_dir, part) if data_dir is not None else []
+    candidates += [target, target.with_suffix("")]  # the download folder: a zip, or extracted
+    url, md5 = OMNIGLOT_URLS[part], OMNIGLOT_MD5[part]
+    return _Source(part, find_or_download(f"images_{part}", candidates, target, url, md5, cache_dir, download))
+
+
+def _not_found_message(what: str, looked: Sequence[Path], reason: str, cache_dir: Path) -> str:
+    lines = "\n".join(f"  - {p}" for p in looked)
+    return (
+        f"Omniglot {what} not found and not downloaded ({reason}). Looked in:\n{lines}\n"
+        f"Fix: put images_background.zip and images_evaluation.zip (or the extracted folders), "
+        f"and splits/vinyals/*.txt for the Vinyals split, in DIR/omniglot/ and set "
+        f"{paths.ENV_DATA}=DIR (or pass data_dir=DIR); or run once with network access and "
+        f"download=True to fetch the canonical files into {cache_dir / 'omniglot'}."
+    )
+
+
+# ------------------------------------------------------------------------ preprocessing
+
+
+def _preprocess(png: bytes) -> np.ndarray:
+    """PNG bytes -> uint8 28x28, strokes bright (Omniglot PNGs draw black on white)."""
+    with Image.open(io.BytesIO(png)) as im:
+        small = im.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    return 255 - np.asarray(small, dtype=np.uint8)
+
+
+def _build(sources: dict[str, _Source]) -> dict:
+    # A single process decodes all 32,460 PNGs in ~5 s, so no worker pool.
+    names: list[str] = []
+    background: list[bool] = []
+    num_chars = sum(n for _, n in _EXPECTED.values())  # sources are validated against these
+    images = np.empty((num_chars, DRAWINGS, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    row = 0
+    for part in _PARTS:
+        source = sources[part]
+        chars = sorted(source.characters().items())
+        members = [m for _, files in chars for m in files]
+        for i, png in enumerate(source.iter_bytes(members)):
+            images[row + i // DRAWINGS, i % DRAWINGS] = _preprocess(png)
+        names += [f"{alphabet}/{character}" for (alphabet, character), _ in chars]
+        background += [part == "background"] * len(chars)
+        row += len(chars)
+    return {
+        "format": _CACHE_FORMAT,
+        "images": torch.from_numpy(images),
+        "names": names,
+        "background": torch.tensor(background, dtype=torch.bool),
+    }
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    f, tmp = open_temp(path)
+    try:
+        with f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _load_cache(path: Path) -> Omniglot | None:
+    if not path.is_file():
+        return None
+    try:
+        obj = torch.load(path, weights_only=True)
+        if obj.get("format") != _CACHE_FORMAT:
+            raise ValueError(f"cache format {obj.get('format')}, expected {_CACHE_FORMAT}")
+        data = Omniglot(images=obj["images"], names=list(obj["names"]), background=obj["background"])
+        expected = (sum(n for _, n in _EXPECTED.values()), DRAWINGS, IMAGE_SIZE, IMAGE_SIZE)
+        if tuple(data.images.shape) != expected or data.images.dtype != torch.uint8:
+            raise ValueError(f"images {tuple(data.images.shape)} {data.images.dtype}, expected {expected} uint8")
+    except Exception as exc:  # corrupt/stale cache: rebuild rather than fail
+        log.warning("Omniglot cache %s is unusable (%s); rebuilding it", path, exc)
+        return None
+    return data
+
+
+def load_omniglot(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+) -> Omniglot:
+    """Load all of Omniglot as 28x28 uint8, building the cache on first use.
+
+    Args:
+        data_dir: folder with a local copy (see module docstring); default ``METALIB_DATA_DIR``.
+        cache_dir: where downloads and ``cache/omniglot28.pt`` go; default see
+            :func:`metalib.paths.cache_dir`.
+        download: fetch the canonical zips when no copy is found.
+
+    Raises:
+        DatasetNotFoundError: no cache, no copy and no download possible; the
+            message lists the paths searched and how to fix it.
+        InvalidDatasetError: a copy found has missing characters or drawings, or is not
+            a readable zip (it is left untouched).
+    """
+    cache_root = paths.cache_dir(cache_dir)
+    path = cache_root / "cache" / _CACHE_NAME
+    data = _load_cache(path)
+    if data is not None:
+        return data
+    local = paths.data_dir(data_dir)
+    sources = {part: _find_source(part, local, cache_root, download) for part in _PARTS}
+    start = time.perf_counter()
+    obj = _build(sources)
+    _atomic_save(obj, path)
+    log.info("Omniglot: built %s in %.1f s", path, time.perf_counter() - start)
+    return Omniglot(images=obj["images"], names=obj["names"], background=obj["background"])

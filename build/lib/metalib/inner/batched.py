@@ -1,0 +1,50 @@
+"""The ``batched`` engine: every task in one pass of the model's own ``forward_tasks``.
+
+Tasks are stacked along channels, so each convolution is one grouped convolution, with plain
+autograd (no functorch). The inner gradient is that of the *sum* of per-task losses with respect to
+per-task copies of the parameters, which is each task's own gradient in its own slice.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+
+from ..tasks import TaskBatch
+from ..types import Params
+from .core import InnerConfig, LearningRate, inner_sgd
+from .one_task import head_only
+
+
+class BatchedEngine:
+    name = "batched"
+
+    def __init__(self, channels_last: bool = False):
+        self.channels_last = channels_last
+
+    def _adapt(self, model: nn.Module, params: Params, lr: LearningRate, x: Tensor, y: Tensor, cfg: InnerConfig,
+               names: list[str]) -> tuple[Params, Callable[[Params, Tensor], Tensor]]:
+        B, cl = x.shape[0], self.channels_last
+        fixed = {k: v for k, v in params.items() if k not in names}
+        fast = {k: params[k].expand(B, *params[k].shape) for k in names}
+        if head_only(model, names):
+            features = model.embed_tasks(params, x, False, cl)
+            fast = inner_sgd(lambda p: cfg.problem.task_loss(model.head_tasks(p, features), y).sum(),
+                             fast, lr, cfg.steps, cfg.first_order)
+            return {**fixed, **fast}, lambda p, inp: model.head_tasks(p, model.embed_tasks(p, inp, False, cl))
+        second_order = not cfg.first_order  # the support passes' graphs are differentiated again
+        fast = inner_sgd(lambda p: cfg.problem.task_loss(model.forward_tasks({**fixed, **p}, x, second_order, cl), y).sum(),
+                         fast, lr, cfg.steps, cfg.first_order)
+        return {**fixed, **fast}, lambda p, inp: model.forward_tasks(p, inp, False, cl)
+
+    def adapt(self, model: nn.Module, params: Params, lr: LearningRate, support_x: Tensor, support_y: Tensor,
+              cfg: InnerConfig, names: list[str]) -> Params:
+        B = support_x.shape[0]
+        fast = self._adapt(model, params, lr, support_x, support_y, cfg, names)[0]
+        return {k: v if v.dim() > params[k].dim() else v.expand(B, *v.shape) for k, v in fast.items()}
+
+    def task_losses(self, model: nn.Module, params: Params, lr: LearningRate, batch: TaskBatch, cfg: InnerConfig,
+                    names: list[str]) -> tuple[Tensor, Tensor]:
+        fast, fwd = self._adapt(model, params, lr, batch.support_x, batch.support_y, cfg, names)
+        out = fwd(fast, batch.query_x)
+        return cfg.problem.task_loss(out, batch.query_y), cfg.problem.task_score(out.detach(), batch.query_y)

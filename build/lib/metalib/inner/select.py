@@ -1,0 +1,101 @@
+"""Which engine executes a meta-batch: a table by device and model capability, measured (BENCHMARKS.md).
+
+==============  ==========================================================================
+``batched``     all tasks in one pass of ``forward_tasks`` (grouped convolutions); the GPU default
+``threads``     tasks over worker threads, one intra-op thread each; the CPU default for conv nets
+``loop``        tasks one after another; the reference, and the CPU default for plain models
+``vmap``        ``torch.func.vmap`` over tasks; any model; the GPU default for plain models
+==============  ==========================================================================
+
+All four compute the same numbers (``tests/test_inner.py`` checks them against each other, a naive
+loop and finite differences). On CPUs activations of task-batched conv nets are channels-last.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..models import TaskBatchedModel
+from ..tasks import TaskBatch
+from ..types import Params
+from .batched import BatchedEngine
+from .core import STRATEGIES, InnerConfig, LearningRate
+from .one_task import forward
+from .per_task import PerTaskEngine
+from .vmap import VmapEngine
+
+__all__ = ["Engine", "AUTO", "model_kind", "resolve_strategy", "select_engine", "forward_adapted"]
+
+
+class Engine(Protocol):
+    """How a meta-batch is executed; every engine computes the same numbers."""
+
+    name: str
+
+    def adapt(self, model: nn.Module, params: Params, lr: LearningRate, support_x: Tensor, support_y: Tensor,
+              cfg: InnerConfig, names: list[str]) -> Params: ...
+
+    def task_losses(self, model: nn.Module, params: Params, lr: LearningRate, batch: TaskBatch, cfg: InnerConfig,
+                    names: list[str]) -> tuple[Tensor, Tensor]: ...
+
+
+# (device type, model kind) -> engine. On CPUs grouped convolutions measured slower than per-task ones,
+# so task-batched conv nets run their tasks over threads there (BENCHMARKS.md, notebook 06).
+AUTO = {
+    ("cpu", "task-batched conv"): "threads",
+    ("cpu", "task-batched"): "batched",
+    ("cpu", "plain"): "loop",
+    ("accelerator", "task-batched conv"): "batched",
+    ("accelerator", "task-batched"): "batched",
+    ("accelerator", "plain"): "vmap",
+}
+_NEEDS_TASK_BATCHED = ("batched", "threads")
+
+
+def model_kind(model: nn.Module) -> str:
+    """``"task-batched conv"``, ``"task-batched"`` (a :class:`~metalib.models.TaskBatchedModel`) or ``"plain"``."""
+    if not isinstance(model, TaskBatchedModel):
+        return "plain"
+    return "task-batched conv" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "task-batched"
+
+
+def resolve_strategy(strategy: str, device: torch.device, model: nn.Module) -> str:
+    """The engine's name: ``strategy`` itself (checked against the model), or the ``AUTO`` table's choice."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    kind = model_kind(model)
+    if strategy in _NEEDS_TASK_BATCHED and kind == "plain":
+        raise ValueError(f"strategy {strategy!r} needs a model with forward_tasks() (metalib.models.TaskBatchedModel); "
+                         f"{type(model).__name__} has none (use 'vmap' or 'loop')")
+    if strategy != "auto":
+        return strategy
+    return AUTO[("cpu" if device.type == "cpu" else "accelerator", kind)]
+
+
+def channels_last(device: torch.device) -> bool:
+    """NHWC activations measured faster on CPUs (oneDNN); GPUs keep NCHW."""
+    return device.type == "cpu"
+
+
+def select_engine(strategy: str, device: torch.device, model: nn.Module) -> Engine:
+    """The engine that runs ``model`` on ``device`` for ``strategy`` (``"auto"``: the ``AUTO`` table)."""
+    name = resolve_strategy(strategy, device, model)
+    cl = channels_last(device)
+    if name == "batched":
+        return BatchedEngine(cl)
+    if name == "vmap":
+        return VmapEngine()
+    return PerTaskEngine(name, parallel=name == "threads", channels_last=cl)
+
+
+def forward_adapted(model: nn.Module, params: Params, x: Tensor) -> Tensor:
+    """Outputs ``[B, n, ...]`` on inputs ``x`` ``[B, n, ...]`` of per-task parameters (``[B, *shape]``, as
+    :func:`adapt` returns them) or shared ones (the parameter's own shape), e.g. to score adapted models."""
+    if isinstance(model, TaskBatchedModel):
+        return model.forward_tasks(params, x, False, channels_last(x.device))
+    own = dict(model.named_parameters())
+    per_task = {k for k, v in params.items() if v.dim() == own[k].dim() + 1}
+    return torch.stack([forward(model, {k: v[i] if k in per_task else v for k, v in params.items()}, xi)
+                        for i, xi in enumerate(x)])

@@ -1,0 +1,50 @@
+"""Trained meta-parameters shipped with metalib, each with a manifest of how it was made and what it scores.
+
+    from metalib import load_pretrained
+    learner = load_pretrained("maml-omniglot-5w1s")       # a MetaLearner, ready for evaluate()
+    print(manifest("maml-omniglot-5w1s")["evaluation"])  # 600 test tasks, mean and 95% interval
+
+Each model is ``<name>.pt`` (the learner's ``state_dict``, float32) and ``<name>.json``: the recipe and the
+exact command that trained it, the git commit, machine, torch version, wall-clock and CPU time, the training
+history, an accuracy-against-time curve, the evaluation on 600 fixed test tasks of the Vinyals test split
+(test steps and BatchNorm mode included), and a smaller check set that ``tests/test_pretrained.py``
+re-evaluates. Models are made by ``python -m metalib.pretrained.export`` from a ``train_cli --recipe`` run.
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..algorithms import MetaLearner
+
+__all__ = ["available", "manifest", "load_pretrained", "ZOO"]
+
+ZOO = Path(str(resources.files(__name__)))
+
+
+def available() -> list[str]:
+    """Names of the shipped models."""
+    return sorted(p.stem for p in ZOO.glob("*.json") if (ZOO / f"{p.stem}.pt").exists())
+
+
+def manifest(name: str) -> dict:
+    """The manifest of a shipped model (how it was made, what it scores)."""
+    path = ZOO / f"{name}.json"
+    if not path.exists():
+        raise ValueError(f"no pretrained model {name!r}; available: {available()}")
+    return json.loads(path.read_text())
+
+
+def load_pretrained(name: str, device: torch.device | str = "cpu") -> MetaLearner:
+    """The shipped learner ``name`` on ``device``, built with the settings it was trained with."""
+    from ..train_cli import build_learner, parse_args
+
+    info = manifest(name)
+    _, args = parse_args(info["argv"])
+    learner = build_learner(args, torch.device(device))
+    state = torch.load(ZOO / f"{name}.pt", map_location=device, weights_only=True)
+    learner.load_state_dict(state)
+    return learner.eval()

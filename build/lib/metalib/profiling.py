@@ -1,0 +1,74 @@
+"""What one computation costs: wall-clock time, the memory autograd's graph holds, and CUDA peak memory."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["Cost", "measure"]
+
+
+@dataclass
+class Cost:
+    """``seconds``; ``graph_mib``: peak MiB of tensors saved by autograd graphs (nan under torch.func
+    transforms, which do not support saved-tensor hooks); ``cuda_peak_mib``: peak CUDA allocation (nan off GPU)."""
+
+    seconds: float
+    graph_mib: float
+    cuda_peak_mib: float
+
+
+class _SavedTensors:
+    """Counts the storages autograd saves for backward while they are alive, and their peak."""
+
+    def __init__(self):
+        self.live: dict[tuple, int] = {}
+        self.now = self.peak = 0
+
+    def pack(self, t: torch.Tensor) -> "_Held":
+        return _Held(self, t)
+
+
+class _Held:  # what autograd keeps instead of the tensor; counted while alive
+    def __init__(self, owner: _SavedTensors, t: torch.Tensor):
+        self.owner, self.t, self.key = owner, t, (t.device, t.untyped_storage().data_ptr())
+        if owner.live.get(self.key, 0) == 0:
+            owner.now += t.untyped_storage().nbytes()
+            owner.peak = max(owner.peak, owner.now)
+        owner.live[self.key] = owner.live.get(self.key, 0) + 1
+
+    def __del__(self):
+        owner = self.owner
+        owner.live[self.key] -= 1
+        if owner.live[self.key] == 0:
+            owner.now -= self.t.untyped_storage().nbytes()
+
+
+def measure(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[Any, Cost]:
+    """Run ``fn()`` once; return its result and its :class:`Cost`. Works on every device: the graph memory
+    is counted with ``torch.autograd.graph.saved_tensors_hooks`` (thread-local: work on other threads,
+    e.g. the ``threads`` engine's workers, is not seen), the CUDA peak with ``torch.cuda`` statistics."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    saved = _SavedTensors()
+    start = time.perf_counter()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda held: held.t):
+            result = fn()
+        graph_mib = saved.peak / 2**20
+    except RuntimeError as exc:  # torch.func transforms do not support saved-tensor hooks
+        if "hook" not in str(exc):
+            raise
+        result, graph_mib = fn(), math.nan
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    cuda_mib = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if cuda else math.nan
+    return result, Cost(seconds, graph_mib, cuda_mib)

@@ -1,0 +1,117 @@
+"""N-way K-shot classification episodes."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..data.base import ClassSplit
+from .batch import TaskBatch
+from .sampler import TaskSampler, check_count, task_generator
+
+__all__ = ["EpisodeSampler"]
+
+class EpisodeSampler(TaskSampler):
+    """N-way K-shot classification episodes with Q queries per class.
+
+    Each episode picks ``ways`` distinct classes of the split and, per class,
+    ``shots + queries`` distinct drawings: the first ``shots`` form the support set, the
+    rest the query set (so they never share a drawing). Labels are ``0..N-1`` in the order
+    of ``info["class_ids"]``; support and query are grouped by label
+    (``support_y = [0]*K + [1]*K + ...``).
+
+    Images come out float32 ``[.., C, H, W]`` (``C = 1`` for ``[classes, drawings, H, W]``
+    input); uint8 input is divided by 255, float input is used as is. The images are moved
+    to ``device`` once at construction and episodes are gathered there with index tensors.
+
+    ``info``: ``class_ids`` ``[B, N]`` (class indices within the split),
+    ``support_drawing_ids`` ``[B, N*K]``, ``query_drawing_ids`` ``[B, N*Q]``,
+    ``task_index`` ``[B]``.
+    """
+
+    def __init__(
+        self,
+        split_or_images: ClassSplit | Tensor,
+        ways: int,
+        shots: int,
+        queries: int,
+        *,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(seed=seed, device=device)
+        if isinstance(split_or_images, ClassSplit):
+            images, where = split_or_images.images, f"split {split_or_images.name!r} has"
+        elif isinstance(split_or_images, Tensor):
+            images, where = split_or_images, "the given images have"
+        else:
+            raise TypeError(
+                f"expected a ClassSplit or a Tensor [classes, drawings, H, W], "
+                f"got {type(split_or_images).__name__}"
+            )
+        if images.ndim == 4:
+            images = images.unsqueeze(2)
+        elif images.ndim != 5:
+            raise ValueError(
+                f"images must be [classes, drawings, H, W] or [classes, drawings, channels, H, W]; "
+                f"got shape {tuple(images.shape)} (rank {images.ndim})"
+            )
+        if images.dtype == torch.uint8:
+            self._from_uint8 = True
+        elif images.is_floating_point():
+            images, self._from_uint8 = images.float(), False
+        else:
+            raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
+        self.ways = check_count("ways", ways)
+        self.shots = check_count("shots", shots)
+        self.queries = check_count("queries", queries)
+        self.num_classes, self.drawings = int(images.shape[0]), int(images.shape[1])
+        if ways > self.num_classes:
+            raise ValueError(
+                f"{ways}-way needs {ways} classes but {where} {self.num_classes}; "
+                "lower ways or use a bigger split"
+            )
+        if shots + queries > self.drawings:
+            raise ValueError(
+                f"{shots} shots + {queries} queries = {shots + queries} > {self.drawings} "
+                "drawings per class; lower shots or queries"
+            )
+        self.x_shape = tuple(images.shape[2:])
+        self.images = images.to(self.device)  # kept in its compact dtype, converted per episode
+
+    def __repr__(self) -> str:
+        return (
+            f"EpisodeSampler({self.ways}-way {self.shots}-shot {self.queries}-query, "
+            f"{self.num_classes} classes x {self.drawings}, seed={self.seed}, device={self.device})"
+        )
+
+    def _draw(self, index: int) -> tuple[Tensor, Tensor]:
+        g = task_generator(self.seed, index)
+        classes = torch.randperm(self.num_classes, generator=g)[: self.ways]
+        drawings = torch.rand(self.ways, self.drawings, generator=g).argsort(dim=1)
+        return classes, drawings[:, : self.shots + self.queries]
+
+    def _gather(self, classes: Tensor, drawings: Tensor) -> Tensor:
+        """Images ``[B, N*D, *x_shape]`` of ``classes`` ``[B, N]`` x ``drawings`` ``[B, N, D]``."""
+        x = self.images[classes[:, :, None], drawings]  # [B, N, D, *x_shape], contiguous
+        x = x / 255 if self._from_uint8 else x  # uint8 / int -> float32 in one pass
+        return x.view(x.shape[0], -1, *self.x_shape)
+
+    def _make_batch(self, indices: list[int]) -> TaskBatch:
+        n, k, q, dev = self.ways, self.shots, self.queries, self.device
+        drawn = [self._draw(i) for i in indices]
+        classes = torch.stack([c for c, _ in drawn]).to(dev)  # [B, N]
+        drawings = torch.stack([d for _, d in drawn]).to(dev)  # [B, N, K+Q]
+        b = len(indices)
+        labels = torch.arange(n, device=dev)
+        return TaskBatch(
+            support_x=self._gather(classes, drawings[:, :, :k]),
+            support_y=labels.repeat_interleave(k).expand(b, -1).contiguous(),
+            query_x=self._gather(classes, drawings[:, :, k:]),
+            query_y=labels.repeat_interleave(q).expand(b, -1).contiguous(),
+            info={
+                "class_ids": classes,
+                "support_drawing_ids": drawings[:, :, :k].reshape(b, n * k),
+                "query_drawing_ids": drawings[:, :, k:].reshape(b, n * q),
+                "task_index": torch.tensor(indices, dtype=torch.long, device=dev),
+            },
+        )

@@ -1,0 +1,91 @@
+"""Indexed, deterministic task families: task ``i`` of a sampler is a pure function of ``(seed, i)``."""
+from __future__ import annotations
+
+import operator
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .batch import TaskBatch
+
+__all__ = ["TaskSampler", "check_count", "task_seed", "task_generator"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def task_seed(seed: int, index: int) -> int:
+    """Stable 64-bit seed of task ``index`` for sampler seed ``seed`` (same on every
+    machine and Python process, unlike ``hash``)."""
+    return _splitmix64(_splitmix64(seed & _MASK64) ^ (index & _MASK64))
+
+
+def task_generator(seed: int, index: int) -> torch.Generator:
+    """A fresh CPU generator for task ``index`` of a sampler with ``seed``."""
+    return torch.Generator().manual_seed(task_seed(seed, index))
+
+
+def check_count(name: str, value: object) -> int:
+    """``value`` as a positive ``int`` (NumPy integers accepted); else a ``ValueError`` naming ``name``."""
+    try:
+        count = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        count = None
+    if count is None or count <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return count
+
+
+class TaskSampler:
+    """Base class: an indexed, deterministic family of tasks.
+
+    Subclasses implement ``_make_batch(indices: list[int]) -> TaskBatch``.
+    """
+
+    seed: int
+    device: torch.device
+
+    def __init__(self, *, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        self.seed = seed
+        self.device = torch.device(device)
+
+    def task(self, index: int) -> TaskBatch:
+        """Task ``index`` as a batch of one."""
+        return self.batch([index])
+
+    def batch(self, indices: Sequence[int] | range | Tensor) -> TaskBatch:
+        """The tasks with these indices, stacked in order, on the sampler's device."""
+        if isinstance(indices, Tensor):
+            indices = indices.flatten().tolist()
+        idx = list(indices)
+        if not idx:
+            raise ValueError("indices is empty; a TaskBatch needs at least one task")
+        for i in idx:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2**63:
+                raise ValueError(f"task indices must be integers in [0, 2**63), got {i!r}")
+        return self._make_batch(idx)
+
+    @staticmethod
+    def step_indices(step: int, batch_size: int) -> range:
+        """The tasks of training step ``step`` with meta-batch ``B``: ``step*B .. step*B+B-1``. The one place
+        this rule is written: resuming and sharding a meta-batch over processes both rely on it."""
+        batch_size = check_count("batch_size", batch_size)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        return range(step * batch_size, (step + 1) * batch_size)
+
+    def sample(self, step: int, batch_size: int) -> TaskBatch:
+        """Meta-batch of training step ``step``: the tasks :meth:`step_indices` names."""
+        return self.batch(self.step_indices(step, batch_size))
+
+    def _make_batch(self, indices: list[int]) -> TaskBatch:
+        raise NotImplementedError

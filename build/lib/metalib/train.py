@@ -1,0 +1,156 @@
+"""Meta-training: the outer loop, with validation, checkpoints and resume.
+
+Determinism: task ``i`` of a sampler is a pure function of ``(sampler seed, i)`` and step ``t``
+uses the tasks :meth:`~metalib.tasks.TaskSampler.step_indices` names. A checkpoint therefore only
+needs the step, the meta-parameters, the optimiser state and the history: a resumed run ends where
+an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .algorithms import MetaLearner
+from .checkpoints import check_same_run, load_checkpoint, save_checkpoint
+from .evaluate import evaluate
+from .execution import LOCAL, Execution
+from .tasks import TaskBatch, check_count
+from .types import Grads
+
+__all__ = ["meta_train", "make_optimizer", "NonFiniteError"]
+
+
+class NonFiniteError(FloatingPointError):
+    """Raised when a loss or meta-gradient becomes NaN/inf, naming the step and the parameter."""
+
+
+def make_optimizer(learner: MetaLearner, name: str | None = None, lr: float | None = None) -> torch.optim.Optimizer:
+    """The learner's default outer optimiser (Adam 1e-3; SGD 1.0 for Reptile), or ``name`` at ``lr``."""
+    return learner.default_optimizer(name, lr)
+
+
+def _check_finite(step: int, metrics: dict[str, float], grads: Grads) -> None:
+    flags = torch.stack([torch.isfinite(g).all() for g in grads.values()])
+    loss = metrics.get("loss")
+    loss_ok = loss is None or math.isfinite(loss)
+    if loss_ok and bool(flags.all()):
+        return
+    bad = [k for k, ok in zip(grads, flags.tolist()) if not ok]
+    what = [] if loss_ok else [f"loss = {loss}"]
+    if bad:
+        what.append(f"non-finite meta-gradient in {bad}")
+    raise NonFiniteError(f"meta-training diverged at step {step}: {'; '.join(what)}. Lower the inner or "
+                         f"outer learning rate, clip gradients, or check the data for NaNs.")
+
+
+def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 32,
+               optimizer: torch.optim.Optimizer | None = None,
+               scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+               val_sampler=None, val_every: int = 500, val_tasks: int = 100, val_steps: int | None = None,
+               checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 500, resume: bool = True,
+               time_budget: float | None = None, progress: bool = True,
+               snapshot_every: int | None = None, run_settings: dict | None = None,
+               execution: Execution = LOCAL) -> pd.DataFrame:
+    """Meta-train ``learner`` for ``steps`` outer steps of ``meta_batch`` tasks; return the history.
+
+    * ``val_sampler``: every ``val_every`` steps, evaluate on its first ``val_tasks`` tasks;
+    * ``checkpoint``: file written atomically every ``checkpoint_every`` steps and at the end;
+      with ``resume=True`` an existing file is loaded and training continues from its step;
+    * ``scheduler``: an optional learning-rate scheduler, stepped after every outer step;
+    * ``time_budget``: stop after this many seconds of training (history says where);
+    * ``snapshot_every``: also keep the meta-parameters every N steps in ``<checkpoint>.snapshots/``
+      (for accuracy-against-time curves);
+    * ``run_settings``: what defines the run (e.g. the CLI's options); stored in the checkpoint, and a
+      resume with different settings stops with an error naming them;
+    * ``execution``: where the steps run (:mod:`metalib.execution`; one process by default,
+      :func:`metalib.distributed.distributed_meta_train` passes a sharded one).
+
+    History rows hold the averaged training metrics, ``time_s`` (training wall clock, validation
+    excluded), ``cpu_s`` (this process's CPU time over the same spans) and validation results.
+    """
+    steps, meta_batch = check_count("steps", steps), check_count("meta_batch", meta_batch)
+    val_every, checkpoint_every = check_count("val_every", val_every), check_count("checkpoint_every", checkpoint_every)
+    if val_sampler is not None:
+        val_tasks = check_count("val_tasks", val_tasks)
+    if snapshot_every:
+        snapshot_every = check_count("snapshot_every", snapshot_every)
+    optimizer = optimizer or make_optimizer(learner)
+    params = learner.meta_parameters()
+    history: list[dict] = []
+    running: dict[str, list[float]] = {}
+    start, elapsed, cpu = 0, 0.0, 0.0
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint, map_location=next(iter(params.values())).device)
+        check_same_run(checkpoint, state.get("run_settings"), run_settings)
+        learner.load_state_dict(state["learner"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start, history, elapsed = state["step"], list(state["history"]), state.get("elapsed", 0.0)
+        cpu = state.get("cpu_s", 0.0)
+        running = {k: list(v) for k, v in state.get("running", {}).items()}
+
+    def save(step: int) -> None:
+        if checkpoint is not None and execution.is_main:
+            save_checkpoint(checkpoint, {"step": step, "learner": learner.state_dict(),
+                                         "optimizer": optimizer.state_dict(), "history": history,
+                                         "scheduler": None if scheduler is None else scheduler.state_dict(),
+                                         "running": running, "elapsed": elapsed, "cpu_s": cpu,
+                                         "settings": learner.describe(), "run_settings": run_settings})
+
+    def snapshot(step: int) -> None:
+        if checkpoint is not None and execution.is_main:
+            folder = Path(checkpoint).with_name(Path(checkpoint).name + ".snapshots")
+            save_checkpoint(folder / f"step{step:07d}.pt", {"step": step, "learner": learner.state_dict(),
+                                                           "elapsed": elapsed, "cpu_s": cpu})
+
+    learner.train()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=learner.name,
+               disable=not (progress and execution.is_main))
+    clock, cpu_clock = time.perf_counter(), time.process_time()
+    done = start
+    for step in bar:
+        batch: TaskBatch = sampler.batch(execution.train_tasks(step, meta_batch))
+        grads, metrics = execution.reduce(*learner.meta_gradient(batch))
+        _check_finite(step, metrics, grads)
+        for k, p in params.items():
+            p.grad = grads[k]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        for k, v in metrics.items():
+            running.setdefault(k, []).append(v)
+        done = step + 1
+        # training time only (validation and file writes excluded): wall clock and process CPU time
+        elapsed += time.perf_counter() - clock
+        cpu += time.process_time() - cpu_clock
+        if done % val_every == 0 or done == steps:
+            row = {"step": done, **{f"train_{k}": sum(v) / len(v) for k, v in running.items()}, "time_s": elapsed,
+                   "cpu_s": cpu}
+            running = {}
+            if val_sampler is not None:
+                res = evaluate(learner, val_sampler, n_tasks=val_tasks, steps=val_steps, execution=execution)
+                row.update({f"val_{res.metric}": res.mean, "val_ci95": res.ci95})
+            history.append(row)
+            bar.set_postfix({k: round(v, 4) for k, v in row.items() if k.startswith(("train_", "val_"))})
+        if snapshot_every and done % snapshot_every == 0:
+            snapshot(done)
+        if checkpoint is not None and done % checkpoint_every == 0:
+            save(done)
+        # every process must stop at the same step, whatever its own clock says
+        out_of_time = time_budget is not None and execution.agree(elapsed >= time_budget)
+        clock, cpu_clock = time.perf_counter(), time.process_time()
+        if out_of_time:
+            break
+    if running:
+        history.append({"step": done, **{f"train_{k}": sum(v) / len(v) for k, v in running.items()},
+                        "time_s": elapsed, "cpu_s": cpu})
+    save(done)
+    return pd.DataFrame(history)

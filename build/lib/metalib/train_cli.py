@@ -1,0 +1,241 @@
+"""Meta-train and evaluate from the shell, in one process or many (``torchrun``).
+
+One process::
+
+    python -m metalib.train_cli --algorithm maml --dataset omniglot --ways 5 --shots 1 \\
+        --steps 1000 --meta-batch 32 --checkpoint runs/maml.pt
+
+Two processes on one machine (the global meta-batch is split across them)::
+
+    torchrun --nproc-per-node 2 -m metalib.train_cli --algorithm maml --dataset omniglot --meta-batch 32 ...
+
+Prints the training history and the final test evaluation with its 95% confidence interval (rank 0).
+Running the same command again resumes from ``--checkpoint``, with any number of processes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import torch
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from .algorithms import ALGORITHMS, MetaLearner, make_learner
+from .distributed import (DEFAULT_TIMEOUT_S, DistContext, distributed_evaluate, distributed_meta_train,
+                          init_distributed, prepare_once, shutdown_distributed)
+from .models import conv4, mlp
+from .recipes import RECIPES, get_recipe
+from .tasks import EpisodeSampler, SinusoidTasks
+from .train import make_optimizer
+
+__all__ = ["build_parser", "build_learner", "parse_args", "main", "run", "run_settings"]
+
+# the options that define a training run: resuming a checkpoint with any of them changed is refused
+# (--steps only with the cosine schedule, which it shapes; otherwise a longer run continues the same run)
+RUN_OPTIONS = ("algorithm", "dataset", "ways", "shots", "queries", "protocol", "hidden", "inner_lr", "inner_steps",
+               "optimizer", "outer_lr", "lr_schedule", "lr_min", "lr_step_size", "lr_gamma", "meta_batch", "seed")
+
+_SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}  # each split's task stream has its own seed
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except where the help text already explains them (or for on/off flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or "") or isinstance(action, argparse._StoreTrueAction):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m metalib.train_cli",
+        description="Meta-train a metalib learner, then evaluate it on held-out tasks (95% CI). "
+                    "Launch with torchrun to split the meta-batch across processes.",
+        formatter_class=_HelpFormatter)
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="start from a named training recipe (metalib.recipes); other options override its fields")
+    g = p.add_argument_group("problem")
+    g.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="maml", help="meta-learning algorithm")
+    g.add_argument("--dataset", choices=["omniglot", "sinusoid"], default="omniglot",
+                   help="omniglot: N-way K-shot classification with conv4; sinusoid: regression with an MLP")
+    g.add_argument("--ways", type=int, default=5, help="classes per episode (omniglot)")
+    g.add_argument("--shots", type=int, default=1, help="support examples per class (sinusoid: per task)")
+    g.add_argument("--queries", type=int, default=None,
+                   help="query examples per class (sinusoid: per task); default 15 for omniglot, 10 for sinusoid")
+    g.add_argument("--protocol", choices=["vinyals", "lake"], default="vinyals",
+                   help="Omniglot class split (lake has no validation split)")
+    g.add_argument("--data-dir", default=None, help="local Omniglot copy (default: METALIB_DATA_DIR or download)")
+    g.add_argument("--hidden", type=int, default=64, help="conv4 channels (omniglot)")
+
+    g = p.add_argument_group("learner")
+    g.add_argument("--inner-lr", type=float, default=None,
+                   help="inner-loop step size (default: the algorithm's; 0.01 for sinusoid)")
+    g.add_argument("--inner-steps", type=int, default=None, help="inner-loop steps in training")
+    g.add_argument("--optimizer", choices=["adam", "sgd"], default=None,
+                   help="outer optimiser (default: adam; sgd for reptile)")
+    g.add_argument("--outer-lr", type=float, default=None,
+                   help="outer learning rate (default: 1e-3; 1.0 for reptile)")
+    g.add_argument("--lr-schedule", choices=["constant", "cosine", "step"], default="constant",
+                   help="outer learning rate over the run: constant, cosine annealing to --lr-min over --steps, "
+                        "or x --lr-gamma every --lr-step-size steps")
+    g.add_argument("--lr-min", type=float, default=0.0, help="final learning rate of the cosine schedule")
+    g.add_argument("--lr-step-size", type=int, default=2000, help="steps between decays of the step schedule")
+    g.add_argument("--lr-gamma", type=float, default=0.5, help="decay factor of the step schedule")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=1000, help="outer steps")
+    g.add_argument("--meta-batch", type=int, default=32,
+                   help="global meta-batch (a multiple of the number of processes)")
+    g.add_argument("--seed", type=int, default=0, help="model and task seeds")
+    g.add_argument("--val-every", type=int, default=500, help="history row (and validation) every N steps")
+    g.add_argument("--val-tasks", type=int, default=100, help="validation tasks (0: no validation)")
+    g.add_argument("--checkpoint", default=None, help="checkpoint file; an existing one is resumed")
+    g.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    g.add_argument("--no-resume", action="store_true", help="start over even if --checkpoint exists")
+    g.add_argument("--time-budget", type=float, default=None, help="stop training after this many seconds")
+    g.add_argument("--history-csv", default=None, help="also write the history to this CSV file (rank 0)")
+    g.add_argument("--snapshot-every", type=int, default=0,
+                   help="keep the meta-parameters every N steps in <checkpoint>.snapshots/ (0: never)")
+
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-tasks", type=int, default=600, help="test tasks for the final evaluation (0: none)")
+    g.add_argument("--eval-steps", type=int, default=None, help="adaptation steps at test time (default: training's)")
+    g.add_argument("--eval-ways", type=int, default=None, help="classes per validation/test episode (default: --ways)")
+    g.add_argument("--eval-shots", type=int, default=None, help="shots of validation/test episodes (default: --shots)")
+    g.add_argument("--eval-queries", type=int, default=None,
+                   help="queries per class of validation/test episodes (default: 15 for omniglot, 10 for sinusoid)")
+
+    g = p.add_argument_group("execution")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda (each process uses cuda:LOCAL_RANK)")
+    g.add_argument("--backend", choices=["gloo", "nccl"], default=None, help="default: nccl on GPUs, gloo on CPU")
+    g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds a process waits for the others before the job fails")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="progress bar on rank 0 (default: when stderr is a terminal)")
+    return p
+
+
+def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    for name in ("ways", "shots", "steps", "meta_batch", "val_every", "checkpoint_every", "hidden", "lr_step_size",
+                 "queries", "eval_ways", "eval_shots", "eval_queries"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    for name in ("val_tasks", "eval_tasks", "snapshot_every"):
+        if getattr(a, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
+    if a.dataset == "sinusoid" and a.algorithm == "protonet":
+        p.error("protonet classifies by distance to class prototypes: use --dataset omniglot")
+    if a.algorithm == "protonet" and (a.inner_lr is not None or a.inner_steps is not None):
+        p.error("protonet has no inner loop: drop --inner-lr/--inner-steps")
+    if a.algorithm == "pretrain" and a.inner_steps is not None:
+        p.error("pretrain trains without inner steps; set test-time fine-tuning steps with --eval-steps")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Parse ``argv``; with ``--recipe`` the recipe's settings become the defaults, so explicit options win."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.recipe is not None:
+        parser.parse_args(get_recipe(a.recipe).argv(), namespace=(recipe_ns := argparse.Namespace()))
+        parser.set_defaults(**vars(recipe_ns))
+        parser.set_defaults(recipe=a.recipe)
+        a = parser.parse_args(argv)
+    _check_args(parser, a)
+    return parser, a
+
+
+def run_settings(a: argparse.Namespace) -> dict[str, object]:
+    """The options that define the run (stored in the checkpoint and compared on resume)."""
+    settings = {k: getattr(a, k) for k in RUN_OPTIONS}
+    if a.lr_schedule == "cosine":
+        settings["steps"] = a.steps
+    return settings
+
+
+def _scheduler(a: argparse.Namespace, optimizer: torch.optim.Optimizer):
+    if a.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=a.steps, eta_min=a.lr_min)
+    if a.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=a.lr_step_size, gamma=a.lr_gamma)
+    return None
+
+
+def _samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
+    """Train/val/test task samplers; Omniglot is prepared by rank 0 while the others wait."""
+    dev = ctx.device
+    if a.dataset == "sinusoid":
+        queries = 10 if a.queries is None else a.queries
+        return {s: SinusoidTasks(a.shots, queries if s == "train" else (a.eval_queries or 10), seed=a.seed + off,
+                                 device=dev) for s, off in _SEED_OFFSETS.items()}
+    from .data import omniglot_splits
+
+    wanted = ("train", "val", "test") if a.protocol == "vinyals" else ("train", "test")
+    splits = prepare_once(lambda: omniglot_splits(a.protocol, splits=wanted, data_dir=a.data_dir), ctx)
+    queries = 15 if a.queries is None else a.queries
+    ways, shots = a.eval_ways or a.ways, a.eval_shots or a.shots
+    eval_queries = a.eval_queries or 15
+    return {s: EpisodeSampler(splits[s], a.ways, a.shots, queries, seed=a.seed + _SEED_OFFSETS[s], device=dev)
+            if s == "train" else
+            EpisodeSampler(splits[s], ways, shots, eval_queries, seed=a.seed + _SEED_OFFSETS[s], device=dev)
+            for s in wanted}
+
+
+def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
+    """The learner (model included, seeded) that the parsed options describe."""
+    kw: dict[str, object] = {}
+    if a.algorithm != "protonet":
+        if a.inner_lr is not None or a.dataset == "sinusoid":
+            kw["inner_lr"] = a.inner_lr if a.inner_lr is not None else 0.01
+        if a.inner_steps is not None and a.algorithm != "pretrain":
+            kw["steps"] = a.inner_steps
+        kw["problem"] = "regression" if a.dataset == "sinusoid" else "classification"
+    if a.dataset == "sinusoid":
+        model = mlp(seed=a.seed, device=device)
+    else:
+        model = conv4(0 if a.algorithm == "protonet" else a.ways, hidden=a.hidden, seed=a.seed, device=device)
+    return make_learner(a.algorithm, model, **kw)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), train, evaluate, print; returns the exit status."""
+    _, a = parse_args(argv)
+    ctx = init_distributed(a.backend, timeout=a.timeout, device=a.device)
+    try:
+        if ctx.world_size > 1 and a.meta_batch % ctx.world_size:
+            # fail before any data preparation, on every rank alike
+            raise SystemExit(f"error: --meta-batch {a.meta_batch} is not a multiple of the {ctx.world_size} "
+                             f"processes; each must draw the same number of tasks")
+        say = print if ctx.is_main else (lambda *_, **__: None)
+        samplers = _samplers(a, ctx)
+        learner = build_learner(a, ctx.device)
+        optimizer = make_optimizer(learner, a.optimizer, a.outer_lr)
+        scheduler = _scheduler(a, optimizer)
+        say(f"{learner.name} on {a.dataset}: {ctx.world_size} process(es), backend={ctx.backend or 'none'}, "
+            f"device={ctx.device}, meta-batch {a.meta_batch} ({a.meta_batch // ctx.world_size} per process)",
+            flush=True)
+        val = samplers.get("val") if a.val_tasks > 0 else None
+        history = distributed_meta_train(
+            learner, samplers["train"], steps=a.steps, meta_batch=a.meta_batch, optimizer=optimizer, ctx=ctx,
+            scheduler=scheduler, snapshot_every=a.snapshot_every or None, run_settings=run_settings(a),
+            val_sampler=val, val_every=a.val_every, val_tasks=a.val_tasks, val_steps=a.eval_steps,
+            checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=not a.no_resume,
+            time_budget=a.time_budget, progress=a.progress)
+        say(history.to_string(index=False), flush=True)
+        if a.history_csv and ctx.is_main:
+            history.to_csv(a.history_csv, index=False)
+        if a.eval_tasks > 0:
+            result = distributed_evaluate(learner, samplers["test"], n_tasks=a.eval_tasks, steps=a.eval_steps,
+                                          ctx=ctx, progress=a.progress)
+            say(f"test {result}", flush=True)
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+# @record writes a failing rank's traceback where torchrun reports it ("Root Cause" in its summary)
+main = record(run)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Export a finished ``train_cli --recipe`` run into the model zoo: meta-parameters plus a manifest.
+
+    python -m metalib.pretrained.export maml-omniglot-5w1s --checkpoint runs/maml-omniglot-5w1s.pt \\
+        --command "python -m metalib.train_cli --recipe maml-omniglot-5w1s --checkpoint runs/..."
+
+Evaluates the final meta-parameters on 600 fixed test tasks of every test column of the recipe, the
+check subset (the first ``--check-tasks`` of them) that the tests re-evaluate, and every snapshot of
+the run on ``--curve-tasks`` test tasks (accuracy against training time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import check_same_run, load_checkpoint, load_snapshots
+from ..data import omniglot_splits
+from ..evaluate import evaluate
+from ..recipes import get_recipe
+from ..tasks import EpisodeSampler
+from ..train_cli import build_learner, parse_args, run_settings
+from . import ZOO
+
+TEST_SEED_OFFSET = 2  # train_cli's test stream: seed + 2
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def test_sampler(split, ways: int, shots: int, queries: int, seed: int) -> EpisodeSampler:
+    """The fixed test tasks of a zoo model: train_cli's test stream (sampler seed = run seed + 2)."""
+    return EpisodeSampler(split, ways, shots, queries, seed=seed + TEST_SEED_OFFSET)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m metalib.pretrained.export", description=__doc__.split("\n")[0])
+    p.add_argument("recipe", help="the recipe the run used (metalib.recipes)")
+    p.add_argument("--checkpoint", required=True, help="the finished run's checkpoint")
+    p.add_argument("--command", required=True, help="the exact command that trained it (recorded)")
+    p.add_argument("--machine", default=None, help="what it ran on (default: this CPU and its thread count)")
+    p.add_argument("--note", default="", help="free text for the manifest (e.g. what shared the CPU)")
+    p.add_argument("--eval-tasks", type=int, default=600)
+    p.add_argument("--check-tasks", type=int, default=100)
+    p.add_argument("--curve-tasks", type=int, default=200)
+    a = p.parse_args(argv)
+    recipe = get_recipe(a.recipe)
+    argv_run = ["--recipe", a.recipe]
+    _, args = parse_args(argv_run)
+    state = load_checkpoint(a.checkpoint)
+    try:  # the checkpoint must be a run of this recipe
+        check_same_run(a.checkpoint, state.get("run_settings"), run_settings(args))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    learner = build_learner(args, torch.device("cpu"))
+    learner.load_state_dict(state["learner"])
+    if state["step"] != recipe.steps:
+        print(f"warning: the run stopped at step {state['step']} of {recipe.steps}", file=sys.stderr)
+    split = omniglot_splits("vinyals", splits=["test"])["test"]
+    steps = args.eval_steps
+    evaluation = []
+    for ways, shots in recipe.tests:
+        sampler = test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed)
+        full = evaluate(learner, sampler, n_tasks=a.eval_tasks, steps=steps)
+        check = evaluate(learner, sampler, n_tasks=a.check_tasks, steps=steps)
+        evaluation.append({"ways": ways, "shots": shots, "queries": recipe.eval_queries, "split": "vinyals/test",
+                           "sampler_seed": recipe.seed + TEST_SEED_OFFSET, "n_tasks": full.n_tasks,
+                           "mean": full.mean, "ci95": full.ci95, "test_steps": full.steps,
+                           "batchnorm": full.settings["batchnorm"], "check_tasks": check.n_tasks,
+                           "check_mean": check.mean, "published": recipe.published.get(f"{ways}w{shots}s")})
+        print(f"{ways}-way {shots}-shot: {full}")
+    curve = []
+    ways, shots = recipe.tests[0]
+    sampler = test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed)
+    probe = build_learner(args, torch.device("cpu"))
+    for step, snap in load_snapshots(a.checkpoint).items():
+        probe.load_state_dict(snap["learner"])
+        r = evaluate(probe, sampler, n_tasks=a.curve_tasks, steps=steps)
+        curve.append({"step": step, "time_s": snap["elapsed"], "cpu_s": snap["cpu_s"], "mean": r.mean, "ci95": r.ci95})
+        print(f"  step {step:6d}  {snap['elapsed'] / 60:6.1f} min  {100 * r.mean:.2f}% +/- {100 * r.ci95:.2f}")
+    info = {
+        "name": a.recipe, "recipe": recipe.as_dict(), "argv": argv_run, "command": a.command,
+        "git_commit": _git_commit(), "torch": torch.__version__, "python": platform.python_version(),
+        "machine": a.machine or f"{_cpu_model()}, {torch.get_num_threads()} torch threads (CPU)",
+        "steps": state["step"], "wall_clock_s": state.get("elapsed"), "cpu_s": state.get("cpu_s"),
+        "note": a.note, "evaluation": evaluation, "curve": {"tasks": a.curve_tasks, "column": f"{ways}w{shots}s",
+                                                            "points": curve},
+        "history": state["history"], "parameters": sum(v.numel() for v in learner.state_dict().values()),
+    }
+    ZOO.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().to(torch.float32).contiguous() for k, v in learner.state_dict().items()}
+    tmp = ZOO / f".{a.recipe}.pt.tmp{os.getpid()}"
+    torch.save(weights, tmp)
+    os.replace(tmp, ZOO / f"{a.recipe}.pt")
+    (ZOO / f"{a.recipe}.json").write_text(json.dumps(info, indent=1) + "\n")
+    print(f"wrote {ZOO / a.recipe}.pt and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

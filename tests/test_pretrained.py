@@ -1,0 +1,51 @@
+"""Every shipped model re-evaluated against its manifest; the zoo's size and completeness."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from metalib.data import omniglot_splits
+from metalib.evaluate import evaluate
+from metalib.pretrained import ZOO, available, load_pretrained, manifest
+from metalib.pretrained.export import test_sampler
+from metalib.recipes import RECIPES
+
+MODELS = available()
+
+
+def test_zoo_is_small_and_every_model_has_a_manifest():
+    weights = sorted(ZOO.glob("*.pt"))
+    assert all((ZOO / f"{p.stem}.json").exists() for p in weights), "every model needs its manifest"
+    assert sum(p.stat().st_size for p in ZOO.iterdir() if p.is_file()) < 10 * 2**20
+    for name in MODELS:
+        info = manifest(name)
+        assert info["recipe"]["name"] in RECIPES and info["argv"] == ["--recipe", name]
+        for key in ("command", "git_commit", "machine", "torch", "wall_clock_s", "steps", "history", "curve"):
+            assert info.get(key) is not None, f"{name}: manifest lacks {key}"
+        for e in info["evaluation"]:
+            assert e["n_tasks"] == 600 and 0 < e["ci95"] < 0.05 and e["batchnorm"]
+
+
+def test_unknown_model_names_the_available_ones():
+    with pytest.raises(ValueError, match="available"):
+        manifest("no-such-model")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_shipped_model_scores_what_its_manifest_says(name):
+    """Re-evaluate on the manifest's check tasks: a change to the model, the sampler or the inner loop that
+    changes what a shipped model computes fails here. The tolerance allows two query predictions (of
+    check_tasks x ways x queries) to flip on another CPU's floating-point rounding, nothing more."""
+    info = manifest(name)
+    learner = load_pretrained(name)
+    split = omniglot_splits("vinyals", splits=["test"])["test"]
+    for e in info["evaluation"]:
+        sampler = test_sampler(split, e["ways"], e["shots"], e["queries"], info["recipe"]["seed"])
+        with torch.random.fork_rng(devices=[]):
+            got = evaluate(learner, sampler, n_tasks=e["check_tasks"], steps=e["test_steps"])
+        one_query = 1 / (e["check_tasks"] * e["ways"] * e["queries"])
+        assert abs(got.mean - e["check_mean"]) <= 2 * one_query + 1e-9, (
+            f"{name} {e['ways']}w{e['shots']}s: {got.mean:.5f} now, {e['check_mean']:.5f} in the manifest")
