@@ -26,8 +26,8 @@ run: venv            ## execute the notebooks with papermill into output/$(PROFI
 test: venv           ## the whole test suite, notebook regression tests included
 	$(PY) -m pytest -q
 
-lab: venv            ## open the collection in JupyterLab with the project's kernel
-	$(VENV)/bin/jupyter lab notebooks/
+lab: venv            ## open the collection in JupyterLab with the project's kernel (also as root, as in containers)
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 demo: venv           ## a short meta-train + evaluate demo without notebooks
 	$(PY) -m metalib.demo

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "check_same_run", "code_fingerprint", "run_dir", "load_snapshots"]
+from .errors import UserError
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_same_run", "require_keys", "restore",
+           "sweep_temporaries", "OutputPathError", "check_writable", "code_fingerprint", "run_dir", "load_snapshots"]
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -25,9 +28,79 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be used: unreadable, empty, not metalib's, or from another run or model."""
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint safely (``weights_only=True``: tensors and plain containers only)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint safely (``weights_only=True``: tensors and plain containers only); a file that is
+    not a readable checkpoint raises :class:`CheckpointError` naming it."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"checkpoint {path} is empty (0 bytes); delete it, or start over with another "
+                                  f"checkpoint path or --no-resume")
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # torch raises RuntimeError, EOFError, OSError, UnpicklingError, zip errors ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc):
+            reason = "it holds Python objects other than tensors and plain containers (not written by metalib)"
+        raise CheckpointError(f"checkpoint {path} cannot be read as a metalib checkpoint ({reason[:200]}); delete "
+                              f"or move it, or start over with another checkpoint path or --no-resume") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a metalib checkpoint (a dict); "
+                              f"use another checkpoint path or --no-resume")
+    return state
+
+
+def require_keys(path: str | os.PathLike, state: dict, keys: tuple[str, ...], what: str) -> None:
+    """Check that ``state`` (loaded from ``path``) holds ``keys``; else a one-line :class:`CheckpointError`."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        held = ", ".join(sorted(map(str, state))[:8]) or "nothing"
+        raise CheckpointError(f"checkpoint {path} holds {held}, not {what} (missing {', '.join(missing)}); use "
+                              f"another checkpoint path or --no-resume")
+
+
+def restore(path: str | os.PathLike, module_or_optimizer, state: dict, what: str) -> None:
+    """``load_state_dict`` with a one-line error when the checkpoint was written for another model or optimiser."""
+    try:
+        if isinstance(module_or_optimizer, torch.optim.Optimizer):  # another optimiser's state loads silently,
+            ours = set(module_or_optimizer.param_groups[0]) - {"params"}  # then fails at its first step
+            theirs = set(state["param_groups"][0]) - {"params"}
+            if ours != theirs:
+                raise ValueError(f"its optimiser settings are {sorted(theirs)[:6]}..., this one's {sorted(ours)[:6]}...")
+        module_or_optimizer.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise CheckpointError(f"checkpoint {path} does not fit this {what} ({first}); it was written for another "
+                              f"model, algorithm or optimiser: resume with the same settings, or use another "
+                              f"checkpoint path or --no-resume") from None
+
+
+def sweep_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary files that :func:`save_checkpoint` left next to ``path`` when its process was killed
+    (``.<name>.tmp<PID>`` whose PID no longer runs); returns what was removed. Nothing else is touched."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        pid = tmp.name[len(f".{path.name}.tmp"):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_same_run(checkpoint: str | os.PathLike, saved: dict | None, wanted: dict | None) -> None:
@@ -37,7 +110,7 @@ def check_same_run(checkpoint: str | os.PathLike, saved: dict | None, wanted: di
     keys = sorted(set(saved) | set(wanted))
     differ = [f"{k}: checkpoint {saved.get(k)!r}, now {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k)]
     if differ:
-        raise ValueError(f"checkpoint {checkpoint} belongs to a different run ({'; '.join(differ)}); resume with the "
+        raise CheckpointError(f"checkpoint {checkpoint} belongs to a different run ({'; '.join(differ)}); resume with the "
                          f"same settings, or start over with another checkpoint path or --no-resume")
 
 
@@ -69,3 +142,35 @@ def load_snapshots(checkpoint: str | os.PathLike) -> dict[int, dict]:
     ``{step: state}`` with ``state["learner"]`` (a ``state_dict``), ``state["elapsed"]`` and ``state["cpu_s"]``."""
     folder = Path(checkpoint).with_name(Path(checkpoint).name + ".snapshots")
     return {int(p.stem[len("step"):]): load_checkpoint(p) for p in sorted(folder.glob("step*.pt"))}
+
+
+class OutputPathError(UserError, ValueError):
+    """An output file that cannot be written (its folder is a file, read-only, or the path is a folder)."""
+
+
+def check_writable(path: str | os.PathLike, what: str = "checkpoint") -> Path:
+    """Check before any long work that ``path`` can be written: its folder exists or can be created, and is
+    writable; ``path`` is not a folder. Creates the folder; raises a one-line :class:`OutputPathError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{what} path {path} is a folder; give a file name, e.g. {path / 'run.pt'}")
+    parent = path.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise OutputPathError(f"cannot write the {what} {path}: {existing} is a file, not a folder; choose "
+                              f"another path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"cannot create the folder of the {what} {path} ({exc.strerror}); choose a "
+                              f"writable path") from None
+    probe = parent / f".{path.name}.probe{os.getpid()}"
+    try:  # a real write: permission bits alone do not show read-only mounts (or a root user's rights)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputPathError(f"cannot write the {what} {path}: its folder {parent} is not writable "
+                              f"({exc.strerror}); choose a writable path") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputPathError(f"cannot write the {what} {path}: the file is read-only; choose another path")
+    return path

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .utils import resolve_device
+
 __all__ = ["TaskBatchNorm", "Conv4", "MLP", "conv4", "mlp", "split_body_head", "BATCHNORM_MODE",
            "TaskBatchedModel", "BodyHeadModel"]
 
@@ -245,7 +247,7 @@ def conv4(n_classes: int = 5, *, in_channels: int = 1, hidden: int = 64, image_s
         if seed is not None:
             torch.manual_seed(seed)
         model = Conv4(n_classes, in_channels, hidden, image_size)
-    return model.to(device)
+    return model.to(resolve_device(device))
 
 
 def mlp(sizes: tuple[int, ...] = (1, 40, 40, 1), *, seed: int | None = None,
@@ -255,7 +257,7 @@ def mlp(sizes: tuple[int, ...] = (1, 40, 40, 1), *, seed: int | None = None,
         if seed is not None:
             torch.manual_seed(seed)
         model = MLP(sizes)
-    return model.to(device)
+    return model.to(resolve_device(device))
 
 
 def split_body_head(params: dict[str, Tensor]) -> tuple[list[str], list[str]]:

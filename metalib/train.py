@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .algorithms import MetaLearner
-from .checkpoints import check_same_run, load_checkpoint, save_checkpoint
+from .checkpoints import (check_same_run, check_writable, load_checkpoint, require_keys, restore, save_checkpoint,
+                          sweep_temporaries)
 from .evaluate import evaluate
 from .execution import LOCAL, Execution
 from .tasks import TaskBatch, check_count
@@ -85,13 +86,18 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
     history: list[dict] = []
     running: dict[str, list[float]] = {}
     start, elapsed, cpu = 0, 0.0, 0.0
+    if checkpoint is not None:
+        check_writable(checkpoint)
+        if execution.is_main:
+            sweep_temporaries(checkpoint)
     if checkpoint is not None and resume and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, map_location=next(iter(params.values())).device)
+        require_keys(checkpoint, state, ("step", "learner", "optimizer", "history"), "a meta_train checkpoint")
         check_same_run(checkpoint, state.get("run_settings"), run_settings)
-        learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
+        restore(checkpoint, learner, state["learner"], f"learner ({learner.name})")
+        restore(checkpoint, optimizer, state["optimizer"], f"optimizer ({type(optimizer).__name__})")
         if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
+            restore(checkpoint, scheduler, state["scheduler"], "learning-rate schedule")
         start, history, elapsed = state["step"], list(state["history"]), state.get("elapsed", 0.0)
         cpu = state.get("cpu_s", 0.0)
         running = {k: list(v) for k, v in state.get("running", {}).items()}

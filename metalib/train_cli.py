@@ -25,6 +25,8 @@ from .algorithms import ALGORITHMS, MetaLearner, make_learner
 from .distributed import (DEFAULT_TIMEOUT_S, DistContext, distributed_evaluate, distributed_meta_train,
                           init_distributed, prepare_once, shutdown_distributed)
 from .models import conv4, mlp
+from .checkpoints import check_writable
+from .errors import UserError
 from .recipes import RECIPES, get_recipe
 from .tasks import EpisodeSampler, SinusoidTasks
 from .train import make_optimizer
@@ -90,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="global meta-batch (a multiple of the number of processes)")
     g.add_argument("--seed", type=int, default=0, help="model and task seeds")
     g.add_argument("--val-every", type=int, default=500, help="history row (and validation) every N steps")
-    g.add_argument("--val-tasks", type=int, default=100, help="validation tasks (0: no validation)")
+    g.add_argument("--val-tasks", type=int, default=None,
+                   help="validation tasks (0: no validation); default 100 for vinyals, 0 for lake (no validation split)")
     g.add_argument("--checkpoint", default=None, help="checkpoint file; an existing one is resumed")
     g.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     g.add_argument("--no-resume", action="store_true", help="start over even if --checkpoint exists")
@@ -114,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a process waits for the others before the job fails")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="progress bar on rank 0 (default: when stderr is a terminal)")
+    g.add_argument("--traceback", action="store_true",
+                   help="show the full traceback of errors that are otherwise printed as one line")
     return p
 
 
@@ -122,6 +127,17 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
                  "queries", "eval_ways", "eval_shots", "eval_queries"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    for name in ("eval_steps", "inner_steps"):
+        if getattr(a, name) is not None and getattr(a, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
+    if a.timeout <= 0:
+        p.error(f"--timeout must be > 0 seconds, got {a.timeout}")
+    if a.time_budget is not None and a.time_budget <= 0:
+        p.error(f"--time-budget must be > 0 seconds, got {a.time_budget}")
+    if a.val_tasks is None:
+        a.val_tasks = 100 if a.protocol == "vinyals" else 0
+    elif a.protocol == "lake" and a.val_tasks > 0:
+        p.error("--protocol lake has no validation split: pass --val-tasks 0 (or use --protocol vinyals)")
     for name in ("val_tasks", "eval_tasks", "snapshot_every"):
         if getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
@@ -171,7 +187,7 @@ def _samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
                                  device=dev) for s, off in _SEED_OFFSETS.items()}
     from .data import omniglot_splits
 
-    wanted = ("train", "val", "test") if a.protocol == "vinyals" else ("train", "test")
+    wanted = ("train", "val", "test") if a.val_tasks > 0 else ("train", "test")
     splits = prepare_once(lambda: omniglot_splits(a.protocol, splits=wanted, data_dir=a.data_dir), ctx)
     queries = 15 if a.queries is None else a.queries
     ways, shots = a.eval_ways or a.ways, a.eval_shots or a.shots
@@ -198,9 +214,33 @@ def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
     return make_learner(a.algorithm, model, **kw)
 
 
+def check_outputs(a: argparse.Namespace) -> None:
+    """Every output path is checked before the first step (a failed final save would lose the run)."""
+    if a.checkpoint:
+        check_writable(a.checkpoint, "checkpoint")
+    if a.history_csv:
+        check_writable(a.history_csv, "history CSV")
+    if a.snapshot_every and not a.checkpoint:
+        raise UserError("--snapshot-every keeps snapshots next to the checkpoint: pass --checkpoint too")
+
+
 def run(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``), train, evaluate, print; returns the exit status."""
+    """Parse ``argv`` (default ``sys.argv[1:]``), train, evaluate, print; returns the exit status.
+
+    A user's mistake (:class:`metalib.errors.UserError`, or a ``ValueError`` from checking an argument)
+    prints one line, ``error: ...``, and returns 2; ``--traceback`` shows the traceback instead."""
     _, a = parse_args(argv)
+    try:
+        return _run(a)
+    except (UserError, ValueError) as exc:
+        if a.traceback:
+            raise
+        print(f"error: {str(exc).strip()}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _run(a: argparse.Namespace) -> int:
+    check_outputs(a)
     ctx = init_distributed(a.backend, timeout=a.timeout, device=a.device)
     try:
         if ctx.world_size > 1 and a.meta_batch % ctx.world_size:

@@ -6,17 +6,49 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "seed_everything", "setup"]
+from .errors import UserError
+
+__all__ = ["DEVICES", "DeviceError", "resolve_device", "seed_everything", "setup"]
+
+#: The device names :func:`resolve_device` accepts (``N`` a GPU index), for messages and CLI help.
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+_TYPES = ("cpu", "cuda", "mps")
+
+
+class DeviceError(UserError, ValueError, RuntimeError):
+    """An unknown device name, or a device this machine does not have (also a ``RuntimeError``,
+    which is what an unavailable device raised before)."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if str(device) == "auto":
+    """The one device resolver: ``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"``, ``"mps"`` (any case, or a ``torch.device``) -> that device if this machine has it.
+
+    Raises:
+        DeviceError: an unknown name (the message lists the accepted ones), or a device that is not
+            available here (the message says to use ``"cpu"`` or ``"auto"``).
+    """
+    name = str(device).strip().lower()
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is visible; use device='cpu' or 'auto'")
-    return device
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in _TYPES:
+        raise DeviceError(f"unknown device {str(device)!r}; use one of: {', '.join(DEVICES)}")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"device {str(device)!r} was requested but no CUDA GPU is visible; "
+                              "use device='cpu' or 'auto'")
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"device {str(device)!r} was requested but only {count} CUDA GPU(s) are visible "
+                              f"(cuda:0..cuda:{count - 1}); use device='cuda' or 'auto'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {str(device)!r} was requested but MPS (Apple GPU) is not available; "
+                          "use device='cpu' or 'auto'")
+    return dev
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -6,15 +6,18 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ..errors import UserError
+
 __all__ = ["ClassSplit", "DatasetNotFoundError", "InvalidDatasetError"]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """The dataset is neither cached, nor available locally, nor downloadable."""
 
 
-class InvalidDatasetError(ValueError):
-    """A copy of the dataset has the wrong content (missing classes or drawings, bad split files)."""
+class InvalidDatasetError(UserError, ValueError):
+    """A copy of the dataset has the wrong content (missing classes or drawings, bad split files,
+    a corrupt zip or image); the message names the file and the fix in one line."""
 
 
 @dataclass(eq=False)

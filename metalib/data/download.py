@@ -1,23 +1,34 @@
 """Checksum-verified, atomic file downloads that never delete or replace an existing file.
 
 A file only ever appears at its destination path after its md5 has been verified, so a
-crash mid-download leaves at most a ``*.part`` temp file that is never read back. A file
-already at the destination with another md5 was not written here (a copy put there by
-hand, say) and is left untouched: the download is refused with a message naming it.
+crash mid-download leaves at most a ``.<name>.<pid>-<random>.part`` temp file that is never
+read back, and that :func:`sweep_stale_temp` removes on a later start. A file already at the
+destination with another md5 was not written here (a copy put there by hand, say) and is left
+untouched: the download is refused with a message naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import secrets
+import time
 import urllib.request
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["ChecksumError", "DownloadError", "download_file", "file_md5", "open_temp"]
+__all__ = ["ChecksumError", "DownloadError", "download_file", "file_md5", "open_temp", "sweep_stale_temp"]
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+#: A temp file last written this long ago is abandoned (a write refreshes its mtime continuously).
+STALE_AFTER_S = 3600.0
+#: ... or this long ago, when the process named in it no longer runs on this machine (the grace
+#: covers a cache folder shared with another machine, where that PID means nothing).
+DEAD_WRITER_AFTER_S = 120.0
 
 #: Signature of the function used to open URLs; tests may pass their own.
 Opener = Callable[..., BinaryIO]
@@ -41,15 +52,58 @@ def file_md5(path: str | os.PathLike[str]) -> str:
 
 
 def open_temp(dest: Path) -> tuple[BinaryIO, Path]:
-    """Create a new ``.<name>.<random>.part`` file next to ``dest`` for an atomic write.
+    """Create a new ``.<name>.<pid>-<random>.part`` file next to ``dest`` for an atomic write,
+    first removing stale ones a killed run left (:func:`sweep_stale_temp`).
 
     Unlike ``tempfile.mkstemp`` the file gets the usual ``0666 & ~umask`` permissions,
-    so it can be ``os.replace``-d onto ``dest`` as is.
+    so it can be ``os.replace``-d onto ``dest`` as is. The caller removes it if the write fails.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+    sweep_stale_temp(dest)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(6)}.part")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     return os.fdopen(fd, "wb"), tmp
+
+
+def sweep_stale_temp(dest: Path) -> list[Path]:
+    """Remove the stale temp files :func:`open_temp` made for ``dest``; returns those removed.
+
+    Only names of exactly that pattern (``.<dest name>.[<pid>-]<12 hex digits>.part``) are
+    considered, and only those last written over :data:`STALE_AFTER_S` ago, or over
+    :data:`DEAD_WRITER_AFTER_S` ago by a process that no longer runs. Files that cannot be
+    removed (a read-only folder) are left as they are.
+    """
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(?:(\d+)-)?[0-9a-f]{{12}}\.part")
+    removed = []
+    now = time.time()
+    for tmp in dest.parent.glob(f".{dest.name}.*.part"):
+        match = pattern.fullmatch(tmp.name)
+        if match is None:
+            continue
+        try:
+            age = now - tmp.lstat().st_mtime
+            pid = match.group(1)
+            if age > STALE_AFTER_S or (age > DEAD_WRITER_AFTER_S and pid is not None and not _running(int(pid))):
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue
+    if removed:
+        log.info("removed %d stale temp file(s) of %s: %s", len(removed), dest, ", ".join(p.name for p in removed))
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (assumed so where that cannot be told)."""
+    if pid == os.getpid() or os.name != "posix":  # on Windows os.kill would terminate it
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or not a PID of this machine at all
+        return False
+    except OSError:  # e.g. it runs as another user
+        return True
+    return True
 
 
 def download_file(
@@ -76,6 +130,7 @@ def download_file(
     """
     dest = Path(dest)
     md5 = md5.lower()
+    sweep_stale_temp(dest)
     if dest.exists() and _verified(dest, md5, url):
         return dest
 

@@ -12,30 +12,37 @@ Where the data comes from, in order:
 4. the canonical zips, downloaded and md5-verified into ``<cache_dir>/omniglot/``.
 
 Copies found in 2 or 3 may be repacked, so instead of an md5 their content is validated
-(30 + 20 alphabets, 964 + 659 characters, 20 drawings each). A file metalib did not write
-is never deleted nor replaced: an invalid one is reported with the fix. The folders are
+(30 + 20 alphabets, 964 + 659 characters, 20 drawings each, every image readable). A file
+metalib did not write is never deleted nor replaced: an invalid one is reported in one line
+with the fix, or, when a later copy in the order above is valid (the extracted folder next
+to a corrupt zip, say), skipped with a warning. A cache that cannot be written (read-only
+folder, full disk) only costs a warning: the data is returned uncached. The folders are
 chosen by :mod:`metalib.paths`; the class splits live in :mod:`metalib.data.splits`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import logging
 import os
 import time
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from .. import paths
 from .base import DatasetNotFoundError, InvalidDatasetError
-from .download import ChecksumError, DownloadError, download_file, open_temp
+from .download import ChecksumError, download_file, open_temp, sweep_stale_temp
 
 __all__ = [
     "OMNIGLOT_MD5",
@@ -63,6 +70,10 @@ DRAWINGS = 20
 IMAGE_SIZE = 28
 _CACHE_NAME = "omniglot28.pt"
 _CACHE_FORMAT = 1  # bump when preprocessing changes so old caches are rebuilt
+#: What reading a zip member or decoding a PNG raises for corrupt bytes.
+_CORRUPT = (OSError, EOFError, SyntaxError, ValueError, zipfile.BadZipFile, zlib.error)
+
+T = TypeVar("T")
 
 
 def cache_file(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -128,11 +139,8 @@ class _Source:
         top = f"images_{self.part}"
         found: dict[tuple[str, str], list[str]] = {}
         if self.is_zip:
-            try:
-                with zipfile.ZipFile(self.path) as zf:
-                    members = zf.namelist()
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise self._invalid(f"not a readable zip ({exc})") from None
+            with self._open_zip() as zf:
+                members = zf.namelist()
             for m in members:
                 parts = m.split("/")
                 if len(parts) >= 4 and parts[-4] == top and parts[-1].endswith(".png") and "__MACOSX" not in parts:
@@ -162,21 +170,56 @@ class _Source:
             f"images_{self.part}/<Alphabet>/<characterNN>/<id>_<NN>.png: {'; '.join(problems)}"
         )
 
+    def _open_zip(self) -> zipfile.ZipFile:
+        try:
+            return zipfile.ZipFile(self.path)
+        except _CORRUPT as exc:
+            raise self._invalid(f"not a readable zip ({_reason(exc)})") from None
+
     def _invalid(self, problem: str) -> InvalidDatasetError:
         return InvalidDatasetError(
-            f"Omniglot copy {self.path} is {problem}. It was left untouched: replace it with "
-            f"the canonical {OMNIGLOT_URLS[self.part]} or move it away."
+            f"Omniglot copy {self.path} is {problem}. It was left untouched: replace it with a fresh "
+            f"download of {OMNIGLOT_URLS[self.part]} (or a good copy), or move it away."
         )
 
-    def iter_bytes(self, members: Sequence[str]) -> Iterator[bytes]:
-        """PNG bytes of ``members``, in order (the zip is opened once for all of them)."""
-        if self.is_zip:
-            with zipfile.ZipFile(self.path) as zf:
-                for m in members:
-                    yield zf.read(m)
-        else:
+    def _corrupt(self, member: str, what: str, exc: BaseException) -> InvalidDatasetError:
+        return self._invalid(f"corrupt: its {'member' if self.is_zip else 'file'} {member} {what} ({_reason(exc)})")
+
+    def iter_bytes(self, members: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        """``(member, PNG bytes)`` of ``members``, in order (the zip is opened once for all of them);
+        an unreadable member raises :class:`InvalidDatasetError` naming it."""
+        with contextlib.ExitStack() as stack:
+            zf = stack.enter_context(self._open_zip()) if self.is_zip else None
             for m in members:
-                yield Path(m).read_bytes()
+                try:
+                    data = zf.read(m) if zf is not None else Path(m).read_bytes()
+                except _CORRUPT as exc:
+                    raise self._corrupt(m, "cannot be read", exc) from None
+                yield m, data
+
+    def decode(self) -> tuple[list[str], np.ndarray]:
+        """Validated and decoded: ``"Alphabet/characterNN"`` names and uint8 ``[chars, 20, 28, 28]``.
+
+        Raises:
+            InvalidDatasetError: missing characters or drawings, an unreadable zip, member or image.
+        """
+        chars = sorted(self.characters().items())
+        members = [m for _, files in chars for m in files]
+        images = np.empty((len(chars), DRAWINGS, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+        for i, (member, png) in enumerate(self.iter_bytes(members)):
+            try:
+                images[i // DRAWINGS, i % DRAWINGS] = _preprocess(png)
+            except _CORRUPT as exc:
+                raise self._corrupt(member, "is not a readable PNG image", exc) from None
+        return [f"{alphabet}/{character}" for (alphabet, character), _ in chars], images
+
+
+def _reason(exc: BaseException) -> str:
+    """The gist of a zip or PIL error, without the object reprs and member names they embed."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "cannot identify image file"
+    text = str(exc).split(" for file ")[0].strip()  # zipfile: "Bad CRC-32 for file 'name'"
+    return text or type(exc).__name__
 
 
 def _local_candidates(root: Path, part: str) -> list[Path]:
@@ -185,40 +228,61 @@ def _local_candidates(root: Path, part: str) -> list[Path]:
     return [b / f"{name}.zip" for b in bases] + [b / name for b in bases]
 
 
-def find_or_download(
-    what: str, candidates: Sequence[Path], target: Path, url: str, md5: str, cache_dir: Path, download: bool
-) -> Path:
-    """The first of ``candidates`` (``target`` among them) that exists, else ``url`` downloaded
-    to ``target``.
+def _found(path: Path) -> Path:
+    return path
 
-    A path with a suffix (``.zip``, ``.txt``) must be a file, one without a folder. What is
-    found is returned as is, for the caller to validate its content (an md5 is only checked
-    on download); nothing found is ever deleted or replaced.
+
+def find_or_download(
+    what: str, candidates: Sequence[Path], target: Path, url: str, md5: str, cache_dir: Path, download: bool,
+    use: Callable[[Path], T] = _found,  # type: ignore[assignment]
+) -> T:
+    """``use(path)`` of the first of ``candidates`` (``target`` among them) that exists and that
+    ``use`` accepts, else of ``url`` downloaded to ``target``. ``use`` (default: the path itself)
+    validates or reads the content: an md5 is only checked on download.
+
+    A path with a suffix (``.zip``, ``.txt``) must be a file, one without a folder. A copy
+    ``use`` rejects with :class:`InvalidDatasetError` is skipped with a warning when a later one
+    is good (the extracted folder next to a corrupt zip); nothing found is ever deleted or replaced.
 
     Raises:
+        InvalidDatasetError: every copy found is invalid (the error of the first one).
         DatasetNotFoundError: nothing found and the download is off or failed; the message
             lists every path looked at and the fix.
     """
     looked = list(candidates) if target in candidates else [*candidates, target]
+    rejected: list[InvalidDatasetError] = []
     for cand in looked:
-        if cand.is_file() if cand.suffix else cand.is_dir():
-            if cand != target:
-                log.info("Omniglot: using local copy %s (content-validated; md5 not checked)", cand)
-            return cand
+        if not (cand.is_file() if cand.suffix else cand.is_dir()):
+            continue
+        try:
+            result = use(cand)
+        except InvalidDatasetError as exc:
+            rejected.append(exc)
+            continue
+        if rejected:
+            warnings.warn(f"{rejected[0]} Using {cand} instead.", stacklevel=3)
+        if cand != target:
+            log.info("Omniglot: using local copy %s (content-validated; md5 not checked)", cand)
+        return result
+    if rejected:
+        raise rejected[0]
     if not download:
         raise DatasetNotFoundError(_not_found_message(what, looked, "download=False", cache_dir))
     try:
-        return download_file(url, target, md5)
-    except (DownloadError, ChecksumError) as exc:
+        path = download_file(url, target, md5)
+    except (OSError, ChecksumError) as exc:  # DownloadError, or a download folder that is not writable
         raise DatasetNotFoundError(_not_found_message(what, looked, str(exc), cache_dir)) from exc
+    return use(path)
 
 
-def _find_source(part: str, data_dir: Path | None, cache_dir: Path, download: bool) -> _Source:
+def _decode_part(part: str, data_dir: Path | None, cache_dir: Path, download: bool) -> tuple[list[str], np.ndarray]:
+    """Names and images of images_``part``, from the first good copy (see the module docstring)."""
     target = cache_dir / "omniglot" / f"images_{part}.zip"
     candidates = _local_candidates(data_dir, part) if data_dir is not None else []
     candidates += [target, target.with_suffix("")]  # the download folder: a zip, or extracted
     url, md5 = OMNIGLOT_URLS[part], OMNIGLOT_MD5[part]
-    return _Source(part, find_or_download(f"images_{part}", candidates, target, url, md5, cache_dir, download))
+    return find_or_download(f"images_{part}", candidates, target, url, md5, cache_dir, download,
+                            use=lambda path: _Source(part, path).decode())
 
 
 def _not_found_message(what: str, looked: Sequence[Path], reason: str, cache_dir: Path) -> str:
@@ -242,25 +306,14 @@ def _preprocess(png: bytes) -> np.ndarray:
     return 255 - np.asarray(small, dtype=np.uint8)
 
 
-def _build(sources: dict[str, _Source]) -> dict:
+def _build(data_dir: Path | None, cache_dir: Path, download: bool) -> dict:
     # A single process decodes all 32,460 PNGs in ~5 s, so no worker pool.
-    names: list[str] = []
-    background: list[bool] = []
-    num_chars = sum(n for _, n in _EXPECTED.values())  # sources are validated against these
-    images = np.empty((num_chars, DRAWINGS, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    row = 0
-    for part in _PARTS:
-        source = sources[part]
-        chars = sorted(source.characters().items())
-        members = [m for _, files in chars for m in files]
-        for i, png in enumerate(source.iter_bytes(members)):
-            images[row + i // DRAWINGS, i % DRAWINGS] = _preprocess(png)
-        names += [f"{alphabet}/{character}" for (alphabet, character), _ in chars]
-        background += [part == "background"] * len(chars)
-        row += len(chars)
+    decoded = {part: _decode_part(part, data_dir, cache_dir, download) for part in _PARTS}
+    names = [name for part in _PARTS for name in decoded[part][0]]
+    background = [part == "background" for part in _PARTS for _ in decoded[part][0]]
     return {
         "format": _CACHE_FORMAT,
-        "images": torch.from_numpy(images),
+        "images": torch.from_numpy(np.concatenate([decoded[part][1] for part in _PARTS])),
         "names": names,
         "background": torch.tensor(background, dtype=torch.bool),
     }
@@ -275,6 +328,23 @@ def _atomic_save(obj: dict, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _save_cache(obj: dict, path: Path) -> None:
+    """Write the cache; if that fails (read-only folder, full disk), warn in one line and go on."""
+    try:
+        _atomic_save(obj, path)
+    except OSError as exc:
+        folder = path.parent
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = f"make {folder} writable (e.g. chmod u+w) or set {paths.ENV_CACHE} to a writable folder"
+        else:
+            fix = f"free space in {folder} or set {paths.ENV_CACHE} to another folder"
+        warnings.warn(
+            f"Omniglot cache {path} not written ({exc.strerror or exc}): the data was loaded uncached "
+            f"and is decoded again next time; to cache it, {fix}.",
+            stacklevel=3,
+        )
 
 
 def _load_cache(path: Path) -> Omniglot | None:
@@ -311,18 +381,21 @@ def load_omniglot(
     Raises:
         DatasetNotFoundError: no cache, no copy and no download possible; the
             message lists the paths searched and how to fix it.
-        InvalidDatasetError: a copy found has missing characters or drawings, or is not
-            a readable zip (it is left untouched).
+        InvalidDatasetError: every copy found has missing characters or drawings, or is
+            not a readable zip, or holds an unreadable image (it is left untouched).
+
+    Warns when the cache cannot be written (the data is returned uncached), or when a copy
+    is invalid but a later one is used. Stale temp files of earlier killed runs are removed.
     """
     cache_root = paths.cache_dir(cache_dir)
     path = cache_root / "cache" / _CACHE_NAME
+    for dest in (path, *(cache_root / "omniglot" / f"images_{part}.zip" for part in _PARTS)):
+        sweep_stale_temp(dest)
     data = _load_cache(path)
     if data is not None:
         return data
-    local = paths.data_dir(data_dir)
-    sources = {part: _find_source(part, local, cache_root, download) for part in _PARTS}
     start = time.perf_counter()
-    obj = _build(sources)
-    _atomic_save(obj, path)
+    obj = _build(paths.data_dir(data_dir), cache_root, download)
+    _save_cache(obj, path)
     log.info("Omniglot: built %s in %.1f s", path, time.perf_counter() - start)
     return Omniglot(images=obj["images"], names=obj["names"], background=obj["background"])

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..utils import resolve_device
 from .batch import TaskBatch
 
 __all__ = ["TaskSampler", "check_count", "task_seed", "task_generator"]
@@ -32,12 +33,19 @@ def task_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(task_seed(seed, index))
 
 
+def _as_int(value: object) -> int | None:
+    """``value`` as a Python ``int`` (NumPy and torch integers included), or None for bools and non-integers."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def check_count(name: str, value: object) -> int:
     """``value`` as a positive ``int`` (NumPy integers accepted); else a ``ValueError`` naming ``name``."""
-    try:
-        count = operator.index(value) if not isinstance(value, bool) else None
-    except TypeError:
-        count = None
+    count = _as_int(value)
     if count is None or count <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return count
@@ -46,17 +54,19 @@ def check_count(name: str, value: object) -> int:
 class TaskSampler:
     """Base class: an indexed, deterministic family of tasks.
 
-    Subclasses implement ``_make_batch(indices: list[int]) -> TaskBatch``.
+    Subclasses implement ``_make_batch(indices: list[int]) -> TaskBatch``. ``device`` is anything
+    :func:`metalib.utils.resolve_device` accepts (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``).
     """
 
     seed: int
     device: torch.device
 
     def __init__(self, *, seed: int = 0, device: torch.device | str = "cpu") -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        seed_int = _as_int(seed)
+        if seed_int is None:
             raise TypeError(f"seed must be an int, got {seed!r}")
-        self.seed = seed
-        self.device = torch.device(device)
+        self.seed = seed_int
+        self.device = resolve_device(device)
 
     def task(self, index: int) -> TaskBatch:
         """Task ``index`` as a batch of one."""
@@ -66,12 +76,13 @@ class TaskSampler:
         """The tasks with these indices, stacked in order, on the sampler's device."""
         if isinstance(indices, Tensor):
             indices = indices.flatten().tolist()
-        idx = list(indices)
+        given = list(indices)
+        idx = [_as_int(i) for i in given]
         if not idx:
             raise ValueError("indices is empty; a TaskBatch needs at least one task")
-        for i in idx:
-            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2**63:
-                raise ValueError(f"task indices must be integers in [0, 2**63), got {i!r}")
+        for i, given_i in zip(idx, given):
+            if i is None or not 0 <= i < 2**63:
+                raise ValueError(f"task indices must be integers in [0, 2**63), got {given_i!r}")
         return self._make_batch(idx)
 
     @staticmethod
@@ -79,9 +90,10 @@ class TaskSampler:
         """The tasks of training step ``step`` with meta-batch ``B``: ``step*B .. step*B+B-1``. The one place
         this rule is written: resuming and sharding a meta-batch over processes both rely on it."""
         batch_size = check_count("batch_size", batch_size)
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        step_int = _as_int(step)
+        if step_int is None or step_int < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")
-        return range(step * batch_size, (step + 1) * batch_size)
+        return range(step_int * batch_size, (step_int + 1) * batch_size)
 
     def sample(self, step: int, batch_size: int) -> TaskBatch:
         """Meta-batch of training step ``step``: the tasks :meth:`step_indices` names."""
