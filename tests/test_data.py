@@ -5,10 +5,13 @@ tests marked by the ``omniglot`` fixture use the real copy and skip when it is a
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import io
 import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +25,7 @@ from PIL import Image, ImageDraw
 import metalib.data.omniglot as om
 import metalib.data.splits as sp
 from metalib import paths
+from metalib.errors import UserError
 from metalib.data import (
     ChecksumError,
     DatasetNotFoundError,
@@ -378,6 +382,167 @@ def test_split_file_in_download_folder_is_used_offline_and_kept(tmp_path, monkey
     offline(monkeypatch)
     entries = read_vinyals_split("val", cache_dir=tmp_path / "cache")  # md5 is not the canonical one
     assert entries == [("Angelic/character01", d) for d in (0, 90, 180, 270)] and path.is_file()
+
+
+# ------------------------------------------- corrupt copies, unwritable caches, temp files
+
+
+def corrupt_member(zip_path: Path, member: str) -> None:
+    """Flip a byte in the stored data of ``member`` (its CRC no longer matches)."""
+    with zipfile.ZipFile(zip_path) as zf:
+        info = zf.getinfo(member)
+    raw = bytearray(zip_path.read_bytes())
+    data_start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[data_start + info.compress_size // 2] ^= 0xFF
+    zip_path.write_bytes(bytes(raw))
+
+
+def one_line(err: pytest.ExceptionInfo, *parts: str) -> str:
+    """The error's message, checked to be a metalib UserError of one line containing ``parts``."""
+    msg = str(err.value)
+    assert isinstance(err.value, UserError) and "\n" not in msg, msg
+    for part in parts:
+        assert part in msg, (part, msg)
+    return msg
+
+
+BAD_MEMBER = "images_background/Alpha/character02/1001_05.png"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad_crc"])
+def test_corrupt_zip_is_one_line_naming_it_and_the_fix(tmp_path, fake_counts, damage):
+    data_dir = write_fake(tmp_path / "copy", "flat_zip")
+    zip_path = data_dir / "images_background.zip"
+    if damage == "truncated":
+        zip_path.write_bytes(zip_path.read_bytes()[:3000])
+    else:
+        corrupt_member(zip_path, BAD_MEMBER)
+    before = zip_path.read_bytes()
+    with pytest.raises(InvalidDatasetError) as err:
+        load_omniglot(data_dir, cache_dir=tmp_path / "cache", download=False)
+    msg = one_line(err, str(zip_path), "fresh download of", om.OMNIGLOT_URLS["background"], "left untouched")
+    assert ("File is not a zip file" in msg) if damage == "truncated" else (f"{BAD_MEMBER} cannot be read (Bad CRC-32)" in msg)
+    assert zip_path.read_bytes() == before and not (tmp_path / "cache" / "cache" / "omniglot28.pt").exists()
+
+
+@pytest.mark.parametrize("damage", ["not_a_png", "truncated_png"])
+@pytest.mark.parametrize("layout", ["flat_zip", "flat_folders"])
+def test_corrupt_png_is_one_line_naming_the_member_and_the_fix(tmp_path, fake_counts, layout, damage):
+    data_dir = write_fake(tmp_path / "copy", layout)
+    png = fake_png(1, 4)
+    bad = b"this is no PNG" if damage == "not_a_png" else png[: len(png) // 2]
+    if layout == "flat_zip":
+        where = data_dir / "images_background.zip"
+        members = fake_members("background") | {BAD_MEMBER: bad}
+        with zipfile.ZipFile(where, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+        member = BAD_MEMBER
+    else:
+        where = data_dir / "images_background"
+        member = str(data_dir / BAD_MEMBER)
+        (data_dir / BAD_MEMBER).write_bytes(bad)
+    with pytest.raises(InvalidDatasetError) as err:
+        load_omniglot(data_dir, cache_dir=tmp_path / "cache", download=False)
+    reason = "cannot identify image file" if damage == "not_a_png" else "image file is truncated"
+    msg = one_line(err, str(where), f"{member} is not a readable PNG image ({reason})", "fresh download of")
+    assert "BytesIO" not in msg
+
+
+@pytest.mark.parametrize("zip_damage", ["garbage", "bad_crc"])
+def test_corrupt_zip_does_not_hide_the_good_folder_next_to_it(tmp_path, fake_counts, zip_damage):
+    data_dir = write_fake(tmp_path / "copy", "flat_folders")
+    write_fake(tmp_path / "copy", "flat_zip")  # the zips are tried first
+    zip_path = data_dir / "images_background.zip"
+    if zip_damage == "garbage":
+        zip_path.write_bytes(b"garbage")
+    else:
+        corrupt_member(zip_path, BAD_MEMBER)
+    with pytest.warns(UserWarning) as caught:
+        check_fake(load_omniglot(data_dir, cache_dir=tmp_path / "cache", download=False))
+    msg = str(caught[0].message)
+    assert str(zip_path) in msg and f"Using {data_dir / 'images_background'} instead" in msg and "\n" not in msg
+    assert (tmp_path / "cache" / "cache" / "omniglot28.pt").is_file()
+
+
+def test_unwritable_cache_returns_the_data_uncached_with_a_warning(tmp_path, fake_counts, monkeypatch):
+    data_dir = write_fake(tmp_path / "copy", "flat_zip")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    if os.access(cache, os.W_OK):  # root ignores the mode: make the write fail as it would
+
+        def read_only(dest):
+            raise PermissionError(errno.EACCES, "Permission denied", str(dest.parent))
+
+        monkeypatch.setattr(om, "open_temp", read_only)
+    try:
+        with pytest.warns(UserWarning) as caught:
+            data = load_omniglot(data_dir, cache_dir=cache, download=False)
+    finally:
+        cache.chmod(0o755)
+    check_fake(data)
+    msg = str(caught[0].message)
+    assert str(cache / "cache" / "omniglot28.pt") in msg and "Permission denied" in msg and "\n" not in msg
+    assert f"make {cache / 'cache'} writable" in msg and "METALIB_CACHE_DIR" in msg
+    assert files_in(cache) == []
+
+
+def test_failed_cache_write_leaves_no_temp_file(tmp_path, fake_counts, monkeypatch):
+    data_dir = write_fake(tmp_path / "copy", "flat_zip")
+    cache = tmp_path / "cache"
+
+    def disk_full(obj, f):
+        f.write(b"x" * 4096)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(om.torch, "save", disk_full)
+    with pytest.warns(UserWarning, match="No space left on device.*free space in"):
+        check_fake(load_omniglot(data_dir, cache_dir=cache, download=False))
+    assert files_in(cache) == []
+
+
+def test_stale_temp_files_are_swept_and_nothing_else(tmp_path, fake_counts):
+    data_dir = write_fake(tmp_path / "copy", "flat_zip")
+    cache = tmp_path / "cache"
+    check_fake(load_omniglot(data_dir, cache_dir=cache, download=False))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its PID is gone now
+    hour_ago, minutes_ago = time.time() - 2 * 3600, time.time() - 5 * 60
+    cache_dir, downloads = cache / "cache", cache / "omniglot"
+    downloads.mkdir()
+    stale = {  # name -> mtime: left by killed runs, removed
+        cache_dir / ".omniglot28.pt.0123456789ab.part": hour_ago,  # before PIDs were in the name
+        cache_dir / f".omniglot28.pt.{os.getpid()}-0123456789ab.part": hour_ago,
+        cache_dir / f".omniglot28.pt.{dead.pid}-0123456789ab.part": minutes_ago,
+        downloads / f".images_background.zip.{dead.pid}-00112233aabb.part": minutes_ago,
+    }
+    kept = {  # being written now, or not metalib's: kept
+        cache_dir / ".omniglot28.pt.0123456789ab.x.part": hour_ago,
+        cache_dir / ".omniglot28.pt.0123456789ab.partial": hour_ago,
+        cache_dir / ".other.pt.0123456789ab.part": hour_ago,
+        cache_dir / "omniglot28.pt.0123456789ab.part": hour_ago,
+        cache_dir / f".omniglot28.pt.{os.getpid()}-fedcba987654.part": minutes_ago,
+        cache_dir / f".omniglot28.pt.{dead.pid}-fedcba987654.part": time.time(),
+        downloads / "notes.part": hour_ago,
+    }
+    for path, mtime in (stale | kept).items():
+        path.write_bytes(b"partial")
+        os.utime(path, (mtime, mtime))
+    check_fake(load_omniglot(data_dir, cache_dir=cache, download=False))  # from the cache
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+def test_download_sweeps_its_stale_temp_files(tmp_path, served):
+    url, payload = served
+    dest = tmp_path / "out" / "file.bin"
+    dest.parent.mkdir()
+    old, fresh = dest.parent / ".file.bin.0123456789ab.part", dest.parent / ".file.bin.fedcba987654.part"
+    for path in (old, fresh):
+        path.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    download_file(url, dest, md5(payload))
+    assert not old.exists() and fresh.exists() and dest.read_bytes() == payload
 
 
 def write_splits(data_dir: Path, splits: dict[str, list[str]]) -> Path:

@@ -6,6 +6,8 @@ caller, e.g. from ``meta_train`` snapshots with ``learner.adapt`` and ``learner.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
@@ -50,8 +52,10 @@ def _lower_level(ax: Axes, steps: Tensor, limit: float, label: Any) -> None:
     for i, (u, v) in enumerate(uv):
         ax.scatter(u, v, s=12, color=colors(i % 10))
         ax.annotate("", (u, v), (0, 0), arrowprops={"arrowstyle": "->", "color": colors(i % 10), "lw": 1.5})
-        ax.annotate(f"$\\theta'_{{{i}}}$", (u, v), textcoords="offset points", xytext=(4, 2), fontsize=9,
-                    color=colors(i % 10))
+        # labels sit beyond the arrow head, along its direction, so that nearby arrows do not stack them
+        angle = math.atan2(v, u)
+        ax.annotate(f"$\\theta'_{{{i}}}$", (u, v), textcoords="offset points", fontsize=9, color=colors(i % 10),
+                    xytext=(10 * math.cos(angle), 10 * math.sin(angle)), ha="center", va="center")
     ax.scatter(0, 0, s=80, color="k", zorder=4, label="$\\theta$")
     ax.scatter(*uv.mean(0), marker="*", s=200, color="gray", zorder=4, label="mean of $\\theta'_i$ (Reptile's target)")
     ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", xlabel="task-step PC 1",
