@@ -13,6 +13,7 @@ from .algorithms import ALGORITHMS, GradientMetaLearner, MetaLearner, ProtoNet, 
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import ClassSplit, load_omniglot, omniglot_splits
 from .evaluate import EvalResult, adaptation_curve, adapted_predictions, confidence_interval, evaluate
+from .errors import UserError
 from .execution import Execution
 from .inner import InnerConfig, adapt, forward, forward_adapted, task_losses
 from .metrics import record_metric
@@ -22,7 +23,7 @@ from .problems import CLASSIFICATION, REGRESSION, Problem
 from .recipes import RECIPES, get_recipe
 from .tasks import EpisodeSampler, SinusoidTasks, TaskBatch, TaskSampler
 from .train import NonFiniteError, make_optimizer, meta_train
-from .utils import resolve_device, seed_everything, setup
+from .utils import DeviceError, resolve_device, seed_everything, setup
 
 __version__ = "0.1.0"
 
@@ -34,5 +35,5 @@ __all__ = [
     "task_losses", "record_metric", "BATCHNORM_MODE", "MLP", "Conv4", "TaskBatchedModel", "conv4", "mlp",
     "load_pretrained", "CLASSIFICATION", "REGRESSION", "Problem", "RECIPES", "get_recipe", "EpisodeSampler", "SinusoidTasks",
     "TaskBatch", "TaskSampler", "NonFiniteError", "make_optimizer", "meta_train", "resolve_device",
-    "seed_everything", "setup",
+    "seed_everything", "setup", "UserError", "DeviceError",
 ]

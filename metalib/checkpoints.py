@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .paths import process_running
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_same_run", "require_keys", "restore",
            "sweep_temporaries", "OutputPathError", "check_writable", "code_fingerprint", "run_dir", "load_snapshots"]
@@ -87,20 +88,10 @@ def sweep_temporaries(path: str | os.PathLike) -> list[Path]:
     removed = []
     for tmp in path.parent.glob(f".{path.name}.tmp*"):
         pid = tmp.name[len(f".{path.name}.tmp"):]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_running(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_same_run(checkpoint: str | os.PathLike, saved: dict | None, wanted: dict | None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ENV_CACHE", "ENV_DATA", "cache_dir", "checkout_root", "data_dir", "default_cache_dir", "resolve"]
+__all__ = ["ENV_CACHE", "ENV_DATA", "cache_dir", "process_running", "checkout_root", "data_dir", "default_cache_dir", "resolve"]
 
 ENV_DATA = "METALIB_DATA_DIR"
 ENV_CACHE = "METALIB_CACHE_DIR"
@@ -66,3 +66,16 @@ def default_cache_dir() -> Path:
     """``METALIB_CACHE_DIR``, else ``<checkout>/data`` in a source checkout, else the user
     cache folder: :func:`cache_dir` without an argument."""
     return cache_dir()
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (assumed so where that cannot be told)."""
+    if pid == os.getpid() or os.name != "posix":  # on Windows os.kill would terminate it
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or not a PID of this machine at all
+        return False
+    except OSError:  # e.g. it runs as another user
+        return True
+    return True

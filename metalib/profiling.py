@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import torch
 
+from .utils import resolve_device
+
 __all__ = ["Cost", "measure"]
 
 
@@ -51,7 +53,7 @@ def measure(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[
     """Run ``fn()`` once; return its result and its :class:`Cost`. Works on every device: the graph memory
     is counted with ``torch.autograd.graph.saved_tensors_hooks`` (thread-local: work on other threads,
     e.g. the ``threads`` engine's workers, is not seen), the CUDA peak with ``torch.cuda`` statistics."""
-    device = torch.device(device)
+    device = resolve_device(device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)

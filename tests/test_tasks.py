@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from metalib.data import ClassSplit
+from metalib.errors import UserError
+from metalib.evaluate import evaluate
+from metalib.models import conv4, mlp
 from metalib.tasks import EpisodeSampler, SinusoidTasks, TaskBatch, task_seed
+from metalib.utils import DeviceError, resolve_device
 
 CLASSES, DRAWINGS, SIZE = 40, 20, 6
 
@@ -238,3 +243,71 @@ def test_sinusoid_errors(kwargs, message):
     with pytest.raises(ValueError) as err:
         SinusoidTasks(**kwargs)
     assert message in str(err.value)
+
+
+# -------------------------------------------------------------------- devices, counts
+
+
+def make_sampler(kind: str, device):
+    return EpisodeSampler(coded_images(), 5, 1, 5, device=device) if kind == "episodes" else SinusoidTasks(5, device=device)
+
+
+@pytest.mark.parametrize("kind", ["episodes", "sinusoids"])
+def test_samplers_resolve_devices_like_everything_else(kind, monkeypatch):
+    for spelling in ("auto", "cpu", "CPU", " cpu ", torch.device("cpu")):
+        if spelling == "auto":
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        sampler = make_sampler(kind, spelling)
+        assert sampler.device == resolve_device(spelling) == torch.device("cpu")
+        assert sampler.sample(0, 2).support_x.device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["tpu", "gpu", "meta", "cuda:x"])
+@pytest.mark.parametrize("make", ["episodes", "sinusoids", "conv4", "mlp", "resolve_device"])
+def test_unknown_device_is_one_line_listing_the_accepted_names(make, name):
+    with pytest.raises(DeviceError) as err:
+        {"conv4": lambda d: conv4(device=d), "mlp": lambda d: mlp(device=d),
+         "resolve_device": resolve_device}.get(make, lambda d: make_sampler(make, d))(name)
+    assert isinstance(err.value, UserError)
+    assert str(err.value) == f"unknown device {name!r}; use one of: auto, cpu, cuda, cuda:N, mps"
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "cuda:1"])
+@pytest.mark.parametrize("make", ["episodes", "sinusoids", "conv4"])
+def test_cuda_without_a_gpu_says_to_use_cpu_or_auto(make, name, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError) as err:
+        conv4(device=name) if make == "conv4" else make_sampler(make, name)
+    msg = str(err.value)
+    assert msg == f"device {name!r} was requested but no CUDA GPU is visible; use device='cpu' or 'auto'"
+
+
+def test_numpy_integer_counts_are_accepted():
+    n = np.int64
+    a = EpisodeSampler(coded_images(), ways=n(5), shots=n(2), queries=np.int32(3), seed=n(7))
+    b = EpisodeSampler(coded_images(), 5, 2, 3, seed=7)
+    assert (a.ways, a.shots, a.queries, a.seed) == (5, 2, 3, 7) and type(a.ways) is int and type(a.seed) is int
+    assert a.sample(n(2), n(4)).equal(b.sample(2, 4))
+    assert a.batch(np.arange(3)).equal(b.batch([0, 1, 2])) and a.task(n(5)).equal(b.task(5))
+    s = SinusoidTasks(n(5), queries=n(3), seed=n(1))
+    assert s.sample(n(1), n(2)).equal(SinusoidTasks(5, queries=3, seed=1).sample(1, 2))
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: SinusoidTasks(5).sample(0, 0), "batch_size must be a positive integer, got 0"),
+        (lambda: SinusoidTasks(5).sample(0, np.int64(0)), "batch_size must be a positive integer, got np.int64(0)"),
+        (lambda: SinusoidTasks(5).sample(-1, 2), "step must be a non-negative integer, got -1"),
+        (lambda: evaluate(None, SinusoidTasks(5), n_tasks=0), "n_tasks must be a positive integer, got 0"),
+        (lambda: evaluate(None, SinusoidTasks(5), batch_size=0), "batch_size must be a positive integer, got 0"),
+        (lambda: EpisodeSampler(coded_images(), np.int64(0), 1, 1), "ways must be a positive integer, got np.int64(0)"),
+        (lambda: EpisodeSampler(coded_images(), 5.0, 1, 1), "ways must be a positive integer, got 5.0"),
+        (lambda: SinusoidTasks(True), "shots must be a positive integer, got True"),
+        (lambda: SinusoidTasks(5).batch(np.array([0, -1])), "task indices must be integers in [0, 2**63), got np.int64(-1)"),
+    ],
+)
+def test_zero_and_non_integer_counts_are_rejected_by_name(call, message):
+    with pytest.raises(ValueError) as err:
+        call()
+    assert str(err.value) == message

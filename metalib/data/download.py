@@ -19,6 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from ..paths import process_running
+
 __all__ = ["ChecksumError", "DownloadError", "download_file", "file_md5", "open_temp", "sweep_stale_temp"]
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ def sweep_stale_temp(dest: Path) -> list[Path]:
         try:
             age = now - tmp.lstat().st_mtime
             pid = match.group(1)
-            if age > STALE_AFTER_S or (age > DEAD_WRITER_AFTER_S and pid is not None and not _running(int(pid))):
+            if age > STALE_AFTER_S or (age > DEAD_WRITER_AFTER_S and pid is not None and not process_running(int(pid))):
                 tmp.unlink()
                 removed.append(tmp)
         except OSError:
@@ -93,16 +95,6 @@ def sweep_stale_temp(dest: Path) -> list[Path]:
     return removed
 
 
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (assumed so where that cannot be told)."""
-    if pid == os.getpid() or os.name != "posix":  # on Windows os.kill would terminate it
-        return True
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # gone, or not a PID of this machine at all
-        return False
-    except OSError:  # e.g. it runs as another user
-        return True
     return True
 
 

@@ -27,6 +27,7 @@ import errno
 import io
 import logging
 import os
+import struct
 import time
 import warnings
 import zipfile
@@ -71,7 +72,7 @@ IMAGE_SIZE = 28
 _CACHE_NAME = "omniglot28.pt"
 _CACHE_FORMAT = 1  # bump when preprocessing changes so old caches are rebuilt
 #: What reading a zip member or decoding a PNG raises for corrupt bytes.
-_CORRUPT = (OSError, EOFError, SyntaxError, ValueError, zipfile.BadZipFile, zlib.error)
+_CORRUPT = (OSError, EOFError, SyntaxError, ValueError, struct.error, zipfile.BadZipFile, zlib.error)
 
 T = TypeVar("T")
 
@@ -228,13 +229,9 @@ def _local_candidates(root: Path, part: str) -> list[Path]:
     return [b / f"{name}.zip" for b in bases] + [b / name for b in bases]
 
 
-def _found(path: Path) -> Path:
-    return path
-
-
 def find_or_download(
     what: str, candidates: Sequence[Path], target: Path, url: str, md5: str, cache_dir: Path, download: bool,
-    use: Callable[[Path], T] = _found,  # type: ignore[assignment]
+    use: Callable[[Path], T] = Path,  # type: ignore[assignment]
 ) -> T:
     """``use(path)`` of the first of ``candidates`` (``target`` among them) that exists and that
     ``use`` accepts, else of ``url`` downloaded to ``target``. ``use`` (default: the path itself)
@@ -280,9 +277,8 @@ def _decode_part(part: str, data_dir: Path | None, cache_dir: Path, download: bo
     target = cache_dir / "omniglot" / f"images_{part}.zip"
     candidates = _local_candidates(data_dir, part) if data_dir is not None else []
     candidates += [target, target.with_suffix("")]  # the download folder: a zip, or extracted
-    url, md5 = OMNIGLOT_URLS[part], OMNIGLOT_MD5[part]
-    return find_or_download(f"images_{part}", candidates, target, url, md5, cache_dir, download,
-                            use=lambda path: _Source(part, path).decode())
+    return find_or_download(f"images_{part}", candidates, target, OMNIGLOT_URLS[part], OMNIGLOT_MD5[part],
+                            cache_dir, download, use=lambda path: _Source(part, path).decode())
 
 
 def _not_found_message(what: str, looked: Sequence[Path], reason: str, cache_dir: Path) -> str:
@@ -335,7 +331,7 @@ def _save_cache(obj: dict, path: Path) -> None:
     try:
         _atomic_save(obj, path)
     except OSError as exc:
-        folder = path.parent
+        folder = next(p for p in path.parents if p.exists())  # the one to fix, when cache/ is missing
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             fix = f"make {folder} writable (e.g. chmod u+w) or set {paths.ENV_CACHE} to a writable folder"
         else:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..algorithms import MetaLearner
+from ..utils import resolve_device
 
 __all__ = ["available", "manifest", "load_pretrained", "ZOO"]
 
@@ -44,7 +45,8 @@ def load_pretrained(name: str, device: torch.device | str = "cpu") -> MetaLearne
 
     info = manifest(name)
     _, args = parse_args(info["argv"])
-    learner = build_learner(args, torch.device(device))
+    device = resolve_device(device)
+    learner = build_learner(args, device)
     state = torch.load(ZOO / f"{name}.pt", map_location=device, weights_only=True)
     learner.load_state_dict(state)
     return learner.eval()

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recipe", help="the recipe the run used (metalib.recipes)")
     p.add_argument("--checkpoint", required=True, help="the finished run's checkpoint")
     p.add_argument("--command", required=True, help="the exact command that trained it (recorded)")
+    p.add_argument("--commit", default=None, help="the git commit the run was trained with (default: HEAD now)")
     p.add_argument("--machine", default=None, help="what it ran on (default: this CPU and its thread count)")
     p.add_argument("--note", default="", help="free text for the manifest (e.g. what shared the CPU)")
     p.add_argument("--eval-tasks", type=int, default=600)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  step {step:6d}  {snap['elapsed'] / 60:6.1f} min  {100 * r.mean:.2f}% +/- {100 * r.ci95:.2f}")
     info = {
         "name": a.recipe, "recipe": recipe.as_dict(), "argv": argv_run, "command": a.command,
-        "git_commit": _git_commit(), "torch": torch.__version__, "python": platform.python_version(),
+        "git_commit": a.commit or _git_commit(), "torch": torch.__version__, "python": platform.python_version(),
         "machine": a.machine or f"{_cpu_model()}, {torch.get_num_threads()} torch threads (CPU)",
         "steps": state["step"], "wall_clock_s": state.get("elapsed"), "cpu_s": state.get("cpu_s"),
         "note": a.note, "evaluation": evaluation, "curve": {"tasks": a.curve_tasks, "column": f"{ways}w{shots}s",
