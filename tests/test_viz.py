@@ -440,3 +440,15 @@ def test_metalib_imports_without_the_notebook_extras():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_accuracy_against_time_draws_every_run_and_its_published_line():
+    curves = {"maml": pd.DataFrame({"time_s": [60.0, 120.0], "mean": [0.9, 0.95], "ci95": [0.01, 0.01]}),
+              "protonet": pd.DataFrame({"time_s": [30.0, 90.0], "mean": [0.97, 0.98], "ci95": [0.005, 0.004]})}
+    fig = viz.accuracy_against_time(curves, published={"maml": 0.987})
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["maml", "maml: published", "protonet"]
+    np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [1.0, 2.0])  # minutes
+    np.testing.assert_allclose(ax.get_lines()[2].get_ydata(), [97.0, 98.0])
+    plt.close(fig)

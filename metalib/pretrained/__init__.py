@@ -21,7 +21,7 @@ import torch
 from ..algorithms import MetaLearner
 from ..utils import resolve_device
 
-__all__ = ["available", "manifest", "load_pretrained", "ZOO"]
+__all__ = ["available", "manifest", "load_pretrained", "results", "curves", "ZOO"]
 
 ZOO = Path(str(resources.files(__name__)))
 
@@ -50,3 +50,29 @@ def load_pretrained(name: str, device: torch.device | str = "cpu") -> MetaLearne
     state = torch.load(ZOO / f"{name}.pt", map_location=device, weights_only=True)
     learner.load_state_dict(state)
     return learner.eval()
+
+
+def results() -> "pd.DataFrame":
+    """One row per shipped model and test column: mean and 95% interval over 600 test tasks, test steps,
+    BatchNorm mode, the published figure, and the training time and machine (from the manifests)."""
+    import pandas as pd
+
+    columns = ["model", "algorithm", "column", "accuracy", "ci95", "n_tasks", "test_steps", "batchnorm", "published",
+               "train_min", "steps", "machine"]
+    rows = []
+    for name in available():
+        info = manifest(name)
+        for e in info["evaluation"]:
+            rows.append({"model": name, "algorithm": info["recipe"]["algorithm"],
+                         "column": f"{e['ways']}-way {e['shots']}-shot", "accuracy": e["mean"], "ci95": e["ci95"],
+                         "n_tasks": e["n_tasks"], "test_steps": e["test_steps"], "batchnorm": e["batchnorm"],
+                         "published": e.get("published"), "train_min": (info["wall_clock_s"] or 0) / 60,
+                         "steps": info["steps"], "machine": info["machine"]})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def curves() -> dict[str, "pd.DataFrame"]:
+    """Test accuracy against training time of every shipped model (its snapshots, ``curve.tasks`` tasks each)."""
+    import pandas as pd
+
+    return {name: pd.DataFrame(manifest(name)["curve"]["points"]) for name in available()}

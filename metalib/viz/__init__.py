@@ -44,11 +44,11 @@ require_extra("matplotlib")
 
 from .bilevel import bilevel_picture  # noqa: E402
 from .common import column_label  # noqa: E402
-from .curves import adaptation_curves, training_history  # noqa: E402
+from .curves import accuracy_against_time, adaptation_curves, training_history  # noqa: E402
 from .episodes import character_rotations, episode_grid, image_mosaic, short_class_name, task_structure  # noqa: E402
 from .results import result_bars, results_table  # noqa: E402
 from .sinusoids import draw_fits, sinusoid_family, sinusoid_fits  # noqa: E402
 
 __all__ = ["image_mosaic", "short_class_name", "episode_grid", "character_rotations", "task_structure",
-           "sinusoid_family", "sinusoid_fits", "draw_fits", "adaptation_curves", "training_history",
+           "sinusoid_family", "sinusoid_fits", "draw_fits", "adaptation_curves", "training_history", "accuracy_against_time",
            "results_table", "result_bars", "bilevel_picture", "column_label", "require_extra", "NOTEBOOK_EXTRAS"]

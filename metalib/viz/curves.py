@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from .common import column_label, mean_and_ci
 
-__all__ = ["adaptation_curves", "training_history"]
+__all__ = ["adaptation_curves", "training_history", "accuracy_against_time"]
 
 
 def _is_curve_map(m: Mapping) -> bool:
@@ -123,3 +123,26 @@ def training_history(history: pd.DataFrame | Mapping[str, pd.DataFrame], *, metr
         axes[-1].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def accuracy_against_time(curves: Mapping[str, pd.DataFrame], *, published: Mapping[str, float] | None = None,
+                          minutes: bool = True, ax=None) -> Figure:
+    """Test accuracy (%) with its 95% interval against training time, one line per run.
+
+    ``curves``: ``{run: DataFrame with time_s, mean, ci95}`` (e.g. :func:`metalib.pretrained.curves`);
+    ``published``: ``{run: accuracy}`` drawn as a dotted line in the run's colour.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
+    scale, unit = (60.0, "min") if minutes else (1.0, "s")
+    for i, (name, c) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        t = c["time_s"] / scale
+        ax.plot(t, 100 * c["mean"], marker="o", ms=3, color=color, label=name)
+        ax.fill_between(t, 100 * (c["mean"] - c["ci95"]), 100 * (c["mean"] + c["ci95"]), color=color, alpha=0.2)
+        if published and published.get(name) is not None:
+            ax.axhline(100 * published[name], color=color, ls=":", lw=1.2, label=f"{name}: published")
+    ax.set(xlabel=f"training time ({unit})", ylabel="test accuracy (%)", title="accuracy against training time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return ax.figure
