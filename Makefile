@@ -36,4 +36,4 @@ baselines: venv      ## re-record the notebook metric baselines in tests/baselin
 	$(PY) -m metalib.runner run --profile quick --update-baselines $(ARGS)
 
 clean:
-	rm -rf output/ .pytest_cache
+	rm -rf output/ .pytest_cache build/ dist/

@@ -229,6 +229,8 @@ class ShardedExecution(Execution):
         return self.ctx.is_main
 
     def train_tasks(self, step: int, meta_batch: int) -> list[int]:
+        if meta_batch % self.ctx.world_size:
+            ShardedExecution(self.ctx, meta_batch)  # raises the divisibility error
         per_rank = meta_batch // self.ctx.world_size
         tasks = TaskSampler.step_indices(step, meta_batch)
         return list(tasks[self.ctx.rank * per_rank:(self.ctx.rank + 1) * per_rank])
@@ -350,7 +352,7 @@ def distributed_meta_train(learner: MetaLearner, sampler, *, steps: int, meta_ba
 
 def distributed_evaluate(learner: MetaLearner, sampler, *, n_tasks: int = 600, ctx: DistContext | None = None,
                          **kwargs) -> EvalResult:
-    """:func:`metalib.train.evaluate` with tasks ``0..n_tasks-1`` split across ranks.
+    """:func:`metalib.evaluate.evaluate` with tasks ``0..n_tasks-1`` split across ranks.
 
     Every rank returns the same result: the mean and 95% interval over all ``n_tasks`` scores
     (``n_tasks`` need not be a multiple of the world size).

@@ -335,6 +335,6 @@ def hypergradient_descent(model: nn.Module, params: Mapping[str, Tensor], data: 
         with torch.no_grad():
             step = dict(zip(theta, (c.view_as(v) for c, v in zip(g.split([v.numel() for v in theta.values()]),
                                                                  theta.values()))))
-            theta = {k: v.detach() for k, v in sgd_step(theta, step, alpha).items()}
+            theta = {k: v.detach() for k, v in sgd_step(theta, step, {k: alpha for k in theta}).items()}
         prev = g
     return {k: v.detach() for k, v in theta.items()}, pd.DataFrame(rows)

@@ -52,7 +52,8 @@ class _Held:  # what autograd keeps instead of the tensor; counted while alive
 def measure(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[Any, Cost]:
     """Run ``fn()`` once; return its result and its :class:`Cost`. Works on every device: the graph memory
     is counted with ``torch.autograd.graph.saved_tensors_hooks`` (thread-local: work on other threads,
-    e.g. the ``threads`` engine's workers, is not seen), the CUDA peak with ``torch.cuda`` statistics."""
+    e.g. the ``threads`` engine's workers, is not seen), the CUDA peak with ``torch.cuda`` statistics. Under
+    ``torch.func`` transforms, which refuse saved-tensor hooks, ``fn`` runs a second time; that run is timed."""
     device = resolve_device(device)
     cuda = device.type == "cuda"
     if cuda:
@@ -65,9 +66,13 @@ def measure(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda held: held.t):
             result = fn()
         graph_mib = saved.peak / 2**20
-    except RuntimeError as exc:  # torch.func transforms do not support saved-tensor hooks
+    except RuntimeError as exc:  # torch.func transforms do not support saved-tensor hooks: run again, unhooked
         if "hook" not in str(exc):
             raise
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
         result, graph_mib = fn(), math.nan
     if cuda:
         torch.cuda.synchronize(device)

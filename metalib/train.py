@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .algorithms import MetaLearner
-from .checkpoints import (check_same_run, check_writable, load_checkpoint, require_keys, restore, save_checkpoint,
+from .checkpoints import (CheckpointError, check_same_run, check_writable, load_checkpoint, require_keys, restore, save_checkpoint,
                           sweep_temporaries)
 from .evaluate import evaluate
 from .execution import LOCAL, Execution
@@ -95,6 +95,11 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
         require_keys(checkpoint, state, ("step", "learner", "optimizer", "history"), "a meta_train checkpoint")
         check_same_run(checkpoint, state.get("run_settings"), run_settings)
         restore(checkpoint, learner, state["learner"], f"learner ({learner.name})")
+        kind = state.get("optimizer_class")  # another optimiser's state loads silently, then fails at its first step
+        if kind is not None and kind != type(optimizer).__name__:
+            raise CheckpointError(f"checkpoint {checkpoint} does not fit this optimizer ({type(optimizer).__name__}): "
+                                  f"it was written with {kind}; resume with the same settings, or use another "
+                                  f"checkpoint path or --no-resume")
         restore(checkpoint, optimizer, state["optimizer"], f"optimizer ({type(optimizer).__name__})")
         if scheduler is not None and state.get("scheduler") is not None:
             restore(checkpoint, scheduler, state["scheduler"], "learning-rate schedule")
@@ -106,6 +111,7 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
         if checkpoint is not None and execution.is_main:
             save_checkpoint(checkpoint, {"step": step, "learner": learner.state_dict(),
                                          "optimizer": optimizer.state_dict(), "history": history,
+                                         "optimizer_class": type(optimizer).__name__,
                                          "scheduler": None if scheduler is None else scheduler.state_dict(),
                                          "running": running, "elapsed": elapsed, "cpu_s": cpu,
                                          "settings": learner.describe(), "run_settings": run_settings})

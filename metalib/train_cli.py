@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-ways", type=int, default=None, help="classes per validation/test episode (default: --ways)")
     g.add_argument("--eval-shots", type=int, default=None, help="shots of validation/test episodes (default: --shots)")
     g.add_argument("--eval-queries", type=int, default=None,
-                   help="queries per class of validation/test episodes (default: 15 for omniglot, 10 for sinusoid)")
+                   help="queries per class of validation/test episodes (default: --queries)")
 
     g = p.add_argument_group("execution")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda (each process uses cuda:LOCAL_RANK)")
@@ -183,7 +183,7 @@ def _samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
     dev = ctx.device
     if a.dataset == "sinusoid":
         queries = 10 if a.queries is None else a.queries
-        return {s: SinusoidTasks(a.shots, queries if s == "train" else (a.eval_queries or 10), seed=a.seed + off,
+        return {s: SinusoidTasks(a.shots, queries if s == "train" else (a.eval_queries or queries), seed=a.seed + off,
                                  device=dev) for s, off in _SEED_OFFSETS.items()}
     from .data import omniglot_splits
 
@@ -191,7 +191,7 @@ def _samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
     splits = prepare_once(lambda: omniglot_splits(a.protocol, splits=wanted, data_dir=a.data_dir), ctx)
     queries = 15 if a.queries is None else a.queries
     ways, shots = a.eval_ways or a.ways, a.eval_shots or a.shots
-    eval_queries = a.eval_queries or 15
+    eval_queries = a.eval_queries or queries
     return {s: EpisodeSampler(splits[s], a.ways, a.shots, queries, seed=a.seed + _SEED_OFFSETS[s], device=dev)
             if s == "train" else
             EpisodeSampler(splits[s], ways, shots, eval_queries, seed=a.seed + _SEED_OFFSETS[s], device=dev)
@@ -227,12 +227,11 @@ def check_outputs(a: argparse.Namespace) -> None:
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), train, evaluate, print; returns the exit status.
 
-    A user's mistake (:class:`metalib.errors.UserError`, or a ``ValueError`` from checking an argument)
-    prints one line, ``error: ...``, and returns 2; ``--traceback`` shows the traceback instead."""
+    A user's mistake (:class:`metalib.errors.UserError`) prints one line, ``error: ...``, and returns 2; ``--traceback`` shows the traceback instead."""
     _, a = parse_args(argv)
     try:
         return _run(a)
-    except (UserError, ValueError) as exc:
+    except UserError as exc:
         if a.traceback:
             raise
         print(f"error: {str(exc).strip()}", file=sys.stderr, flush=True)
@@ -245,8 +244,8 @@ def _run(a: argparse.Namespace) -> int:
     try:
         if ctx.world_size > 1 and a.meta_batch % ctx.world_size:
             # fail before any data preparation, on every rank alike
-            raise SystemExit(f"error: --meta-batch {a.meta_batch} is not a multiple of the {ctx.world_size} "
-                             f"processes; each must draw the same number of tasks")
+            raise UserError(f"--meta-batch {a.meta_batch} is not a multiple of the {ctx.world_size} "
+                            f"processes; each must draw the same number of tasks")
         say = print if ctx.is_main else (lambda *_, **__: None)
         samplers = _samplers(a, ctx)
         learner = build_learner(a, ctx.device)

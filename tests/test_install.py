@@ -3,6 +3,7 @@ declared dependencies runs cells copied from the notebooks, from a folder outsid
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -53,8 +54,16 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_copied_cells(tmp_path):
     data = os.environ.get("METALIB_DATA_DIR")
     if not data:
         pytest.skip("needs METALIB_DATA_DIR (the shared Omniglot copy)")
-    dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "project"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), str(ROOT)])
+    dist, venv, work, src = tmp_path / "dist", tmp_path / "venv", tmp_path / "project", tmp_path / "src"
+    # build from a copy of the tracked files: a build inside the checkout would leave build/ there
+    files = _run(["git", "ls-files", "-z"], cwd=ROOT).stdout.split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    for model in (ROOT / "metalib" / "pretrained").glob("*.*"):  # shipped models not committed yet, if any
+        shutil.copy2(model, src / "metalib" / "pretrained" / model.name)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), str(src)])
     wheel = next(dist.glob("metalib-*.whl"))
     _run([sys.executable, "-m", "venv", str(venv)])
     py = venv / "bin" / "python"

@@ -1,7 +1,7 @@
 """Every shipped model re-evaluated against its manifest; the zoo's size and completeness."""
 from __future__ import annotations
 
-import json
+
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ import torch
 from metalib.data import omniglot_splits
 from metalib.evaluate import evaluate
 from metalib.pretrained import ZOO, available, load_pretrained, manifest
-from metalib.pretrained.export import test_sampler
+from metalib.pretrained.export import zoo_test_sampler
 from metalib.recipes import RECIPES
 
 MODELS = available()
@@ -43,7 +43,7 @@ def test_shipped_model_scores_what_its_manifest_says(name):
     learner = load_pretrained(name)
     split = omniglot_splits("vinyals", splits=["test"])["test"]
     for e in info["evaluation"]:
-        sampler = test_sampler(split, e["ways"], e["shots"], e["queries"], info["recipe"]["seed"])
+        sampler = zoo_test_sampler(split, e["ways"], e["shots"], e["queries"], info["recipe"]["seed"])
         with torch.random.fork_rng(devices=[]):
             got = evaluate(learner, sampler, n_tasks=e["check_tasks"], steps=e["test_steps"])
         one_query = 1 / (e["check_tasks"] * e["ways"] * e["queries"])

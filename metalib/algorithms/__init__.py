@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import ArgumentError
 from .base import MetaLearner
 from .gradient import GradientMetaLearner, anil, fomaml, maml, metasgd, pretrain
 from .protonet import ProtoNet, protonet
@@ -27,5 +28,5 @@ ALGORITHMS = {"maml": maml, "fomaml": fomaml, "metasgd": metasgd, "anil": anil, 
 def make_learner(name: str, model: nn.Module, **kw) -> MetaLearner:
     """Build a learner by name: one of ``ALGORITHMS``."""
     if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}")
+        raise ArgumentError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}")
     return ALGORITHMS[name](model, **kw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import ArgumentError
 from ..models import BATCHNORM_MODE
 from ..problems import CLASSIFICATION, Problem
 from ..tasks import TaskBatch
@@ -20,7 +21,7 @@ class MetaLearner(nn.Module):
       averaged over the tasks of the batch, and detached per-batch metrics;
     * ``evaluate_batch(batch, steps=None) -> scores [B]``: adapt (``steps`` at test time) and score
       each task's query set;
-    * ``default_optimizer(params, name=None, lr=None)`` and ``test_steps``: the learner's own defaults.
+    * ``default_optimizer(name=None, lr=None)`` and ``test_steps``: the learner's own defaults.
     """
 
     problem: Problem = CLASSIFICATION
@@ -37,8 +38,11 @@ class MetaLearner(nn.Module):
         raise NotImplementedError
 
     def default_optimizer(self, name: str | None = None, lr: float | None = None) -> torch.optim.Optimizer:
-        """Adam(1e-3) unless the learner says otherwise (Reptile: SGD with its step size epsilon)."""
-        return make_torch_optimizer(list(self.meta_parameters().values()), name or "adam", lr, default_lr=1e-3)
+        """Adam (default lr 1e-3) or SGD (default lr 1.0), Adam unless the learner says otherwise (Reptile: SGD
+        with its step size epsilon)."""
+        name = name or "adam"
+        return make_torch_optimizer(list(self.meta_parameters().values()), name, lr,
+                                    default_lr=1.0 if name == "sgd" else 1e-3)
 
     def describe(self) -> dict[str, object]:
         """Settings that belong next to any reported result."""
@@ -58,4 +62,4 @@ def make_torch_optimizer(params: list[nn.Parameter], name: str, lr: float | None
         return torch.optim.Adam(params, lr=lr)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
-    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
+    raise ArgumentError(f"optimizer must be 'adam' or 'sgd', got {name!r}")

@@ -15,6 +15,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from ..errors import ArgumentError
 from ..inner import InnerConfig, adapt, task_losses
 from ..models import split_body_head
 from ..problems import Problem, get_problem
@@ -118,7 +119,7 @@ def anil(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_order
     """ANIL (Raghu et al., 2020): only the head adapts in the inner loop."""
     _, head = split_body_head(dict(model.named_parameters()))
     if not head:
-        raise ValueError("ANIL needs a model with 'head.*' parameters (see metalib.models)")
+        raise ArgumentError("ANIL needs a model with 'head.*' parameters (see metalib.models)")
     cfg = InnerConfig(steps, inner_lr, first_order, tuple(head), strategy, get_problem(problem))
     return GradientMetaLearner(model, cfg, name="anil")
 

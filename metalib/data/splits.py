@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from ..errors import ArgumentError
 from .. import paths
 from .base import ClassSplit, InvalidDatasetError
 from .omniglot import Omniglot, find_or_download, load_omniglot
@@ -65,7 +66,7 @@ def _split_file(
     name: str, data_dir: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None, download: bool
 ) -> Path:
     if name not in PROTOCOLS["vinyals"]:
-        raise ValueError(f"unknown Vinyals split {name!r}; valid: {', '.join(PROTOCOLS['vinyals'])}")
+        raise ArgumentError(f"unknown Vinyals split {name!r}; valid: {', '.join(PROTOCOLS['vinyals'])}")
     local = paths.data_dir(data_dir)
     cache_root = paths.cache_dir(cache_dir)
     relative = Path("splits") / "vinyals" / f"{name}.txt"
@@ -162,12 +163,12 @@ def omniglot_splits(
         rotations: None = the protocol's default (vinyals True, lake False).
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown Omniglot protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        raise ArgumentError(f"unknown Omniglot protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     valid = PROTOCOLS[protocol]
     wanted = tuple(valid if splits is None else splits)
     unknown = [s for s in wanted if s not in valid]
     if unknown:
-        raise ValueError(
+        raise ArgumentError(
             f"unknown split(s) {', '.join(map(repr, unknown))} for protocol {protocol!r}; "
             f"valid: {', '.join(valid)}"
         )

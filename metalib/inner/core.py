@@ -20,6 +20,7 @@ from typing import Callable, Literal, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..errors import ArgumentError
 from ..problems import CLASSIFICATION, Problem
 from ..tasks import TaskBatch
 from ..types import Params
@@ -44,9 +45,9 @@ class InnerConfig:
 
     def __post_init__(self):
         if self.steps < 0:
-            raise ValueError(f"inner steps must be >= 0, got {self.steps}")
+            raise ArgumentError(f"inner steps must be >= 0, got {self.steps}")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+            raise ArgumentError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
 
 
 def sgd_step(params: Params, grads: Mapping[str, Tensor], lr: LearningRate) -> Params:
@@ -96,7 +97,7 @@ def adapted_names(params: Mapping[str, Tensor], cfg: InnerConfig) -> list[str]:
         return list(params)
     unknown = [n for n in cfg.adapt if n not in params]
     if unknown:
-        raise ValueError(f"cannot adapt unknown parameters {unknown}; the model has {list(params)}")
+        raise ArgumentError(f"cannot adapt unknown parameters {unknown}; the model has {list(params)}")
     return list(cfg.adapt)
 
 

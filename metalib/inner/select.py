@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from ..errors import ArgumentError
 from ..models import TaskBatchedModel
 from ..tasks import TaskBatch
 from ..types import Params
@@ -64,10 +65,10 @@ def model_kind(model: nn.Module) -> str:
 def resolve_strategy(strategy: str, device: torch.device, model: nn.Module) -> str:
     """The engine's name: ``strategy`` itself (checked against the model), or the ``AUTO`` table's choice."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise ArgumentError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     kind = model_kind(model)
     if strategy in _NEEDS_TASK_BATCHED and kind == "plain":
-        raise ValueError(f"strategy {strategy!r} needs a model with forward_tasks() (metalib.models.TaskBatchedModel); "
+        raise ArgumentError(f"strategy {strategy!r} needs a model with forward_tasks() (metalib.models.TaskBatchedModel); "
                          f"{type(model).__name__} has none (use 'vmap' or 'loop')")
     if strategy != "auto":
         return strategy

@@ -15,11 +15,15 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..algorithms import MetaLearner
 from ..utils import resolve_device
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["available", "manifest", "load_pretrained", "results", "curves", "ZOO"]
 
@@ -52,7 +56,7 @@ def load_pretrained(name: str, device: torch.device | str = "cpu") -> MetaLearne
     return learner.eval()
 
 
-def results() -> "pd.DataFrame":
+def results() -> pd.DataFrame:
     """One row per shipped model and test column: mean and 95% interval over 600 test tasks, test steps,
     BatchNorm mode, the published figure, and the training time and machine (from the manifests)."""
     import pandas as pd
@@ -71,7 +75,7 @@ def results() -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=columns)
 
 
-def curves() -> dict[str, "pd.DataFrame"]:
+def curves() -> dict[str, pd.DataFrame]:
     """Test accuracy against training time of every shipped model (its snapshots, ``curve.tasks`` tasks each)."""
     import pandas as pd
 

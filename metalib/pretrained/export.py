@@ -48,7 +48,7 @@ def _git_commit() -> str | None:
         return None
 
 
-def test_sampler(split, ways: int, shots: int, queries: int, seed: int) -> EpisodeSampler:
+def zoo_test_sampler(split, ways: int, shots: int, queries: int, seed: int) -> EpisodeSampler:
     """The fixed test tasks of a zoo model: train_cli's test stream (sampler seed = run seed + 2)."""
     return EpisodeSampler(split, ways, shots, queries, seed=seed + TEST_SEED_OFFSET)
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.eval_steps
     evaluation = []
     for ways, shots in recipe.tests:
-        sampler = test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed)
+        sampler = zoo_test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed)
         full = evaluate(learner, sampler, n_tasks=a.eval_tasks, steps=steps)
         check = evaluate(learner, sampler, n_tasks=a.check_tasks, steps=steps)
         evaluation.append({"ways": ways, "shots": shots, "queries": recipe.eval_queries, "split": "vinyals/test",
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ways}-way {shots}-shot: {full}")
     curve = []
     ways, shots = recipe.tests[0]
-    sampler = test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed)
+    sampler = zoo_test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed)
     probe = build_learner(args, torch.device("cpu"))
     for step, snap in load_snapshots(a.checkpoint).items():
         probe.load_state_dict(snap["learner"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import ArgumentError
 from ..data.base import ClassSplit
 from .batch import TaskBatch
 from .sampler import TaskSampler, check_count, task_generator
@@ -51,7 +52,7 @@ class EpisodeSampler(TaskSampler):
         if images.ndim == 4:
             images = images.unsqueeze(2)
         elif images.ndim != 5:
-            raise ValueError(
+            raise ArgumentError(
                 f"images must be [classes, drawings, H, W] or [classes, drawings, channels, H, W]; "
                 f"got shape {tuple(images.shape)} (rank {images.ndim})"
             )
@@ -66,12 +67,12 @@ class EpisodeSampler(TaskSampler):
         self.queries = check_count("queries", queries)
         self.num_classes, self.drawings = int(images.shape[0]), int(images.shape[1])
         if ways > self.num_classes:
-            raise ValueError(
+            raise ArgumentError(
                 f"{ways}-way needs {ways} classes but {where} {self.num_classes}; "
                 "lower ways or use a bigger split"
             )
         if shots + queries > self.drawings:
-            raise ValueError(
+            raise ArgumentError(
                 f"{shots} shots + {queries} queries = {shots + queries} > {self.drawings} "
                 "drawings per class; lower shots or queries"
             )

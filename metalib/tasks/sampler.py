@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import ArgumentError
 from ..utils import resolve_device
 from .batch import TaskBatch
 
@@ -47,7 +48,7 @@ def check_count(name: str, value: object) -> int:
     """``value`` as a positive ``int`` (NumPy integers accepted); else a ``ValueError`` naming ``name``."""
     count = _as_int(value)
     if count is None or count <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ArgumentError(f"{name} must be a positive integer, got {value!r}")
     return count
 
 
@@ -79,10 +80,10 @@ class TaskSampler:
         given = list(indices)
         idx = [_as_int(i) for i in given]
         if not idx:
-            raise ValueError("indices is empty; a TaskBatch needs at least one task")
+            raise ArgumentError("indices is empty; a TaskBatch needs at least one task")
         for i, given_i in zip(idx, given):
             if i is None or not 0 <= i < 2**63:
-                raise ValueError(f"task indices must be integers in [0, 2**63), got {given_i!r}")
+                raise ArgumentError(f"task indices must be integers in [0, 2**63), got {given_i!r}")
         return self._make_batch(idx)
 
     @staticmethod
@@ -92,7 +93,7 @@ class TaskSampler:
         batch_size = check_count("batch_size", batch_size)
         step_int = _as_int(step)
         if step_int is None or step_int < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+            raise ArgumentError(f"step must be a non-negative integer, got {step!r}")
         return range(step_int * batch_size, (step_int + 1) * batch_size)
 
     def sample(self, step: int, batch_size: int) -> TaskBatch:

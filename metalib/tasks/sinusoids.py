@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import ArgumentError
 from .batch import TaskBatch
 from .sampler import TaskSampler, check_count, task_generator
 
@@ -16,10 +17,10 @@ def _check_range(name: str, value: Sequence[float], *, allow_equal: bool) -> tup
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a (low, high) pair of numbers, got {value!r}") from None
+        raise ArgumentError(f"{name} must be a (low, high) pair of numbers, got {value!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi or (lo == hi and not allow_equal):
         rel = "<=" if allow_equal else "<"
-        raise ValueError(f"{name} must satisfy finite low {rel} high, got ({lo}, {hi})")
+        raise ArgumentError(f"{name} must satisfy finite low {rel} high, got ({lo}, {hi})")
     return lo, hi
 
 
