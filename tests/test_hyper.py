@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+
 from torch import nn
 
 from metalib import mlp

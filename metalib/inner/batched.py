@@ -17,6 +17,8 @@ from .one_task import head_only
 
 
 class BatchedEngine:
+    """All tasks in one ``forward_tasks`` pass (needs a TaskBatchedModel)."""
+
     name = "batched"
 
     def __init__(self, channels_last: bool = False):

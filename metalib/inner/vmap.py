@@ -11,6 +11,8 @@ from .one_task import adapt_one, functorch_sgd
 
 
 class VmapEngine:
+    """``torch.func.vmap`` over the tasks of a meta-batch, ``torch.func.grad`` inside; any model."""
+
     name = "vmap"
 
     def adapt(self, model: nn.Module, params: Params, lr: LearningRate, support_x: Tensor, support_y: Tensor,

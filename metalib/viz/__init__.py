@@ -2,6 +2,7 @@
 
 =========================  =================  ===========================================================
 ``image_mosaic``           ``episodes``       images tiled into one array
+``short_class_name``       ``episodes``       a class name short enough for a title
 ``episode_grid``           ``episodes``       one episode: support set and query set, one row per class
 ``character_rotations``    ``episodes``       a character in its four rotations (0, 90, 180, 270 degrees)
 ``task_structure``         ``episodes``       meta-train / meta-test task sets, each task with its support and query set
@@ -10,6 +11,7 @@
 ``draw_fits``              ``sinusoids``      one regression task and predictions, into an axes
 ``adaptation_curves``      ``curves``         score vs. adaptation steps, mean and 95% CI band over test tasks
 ``training_history``       ``curves``         train_* / val_* columns of a ``meta_train`` history against step or time
+``accuracy_against_time``  ``curves``         test accuracy (95% CI) against training time, e.g. of the shipped models
 ``results_table``          ``results``        means, 95% CIs (and published numbers) as a DataFrame
 ``result_bars``            ``results``        the same as bars with 95% CI error bars, published numbers hatched
 ``bilevel_picture``        ``bilevel``        MAML's two levels: the path of theta with its meta-gradients, tasks' steps
