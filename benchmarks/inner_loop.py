@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from peers import PEER_ERRORS, PEER_VERSIONS, PEERS, meta_gradient_naive  # noqa
 
 from metalib import EpisodeSampler, conv4, maml, resolve_device  # noqa: E402
 from metalib.inner import resolve_strategy  # noqa: E402
+from metalib.profiling import cpu_name  # noqa: E402
 
 WORKLOADS = {"2nd-order, 1 step": (1, False), "2nd-order, 5 steps": (5, False), "1st-order, 1 step": (1, True)}
 PEER_NAMES = ("learn2learn", "higher", "torchopt")
@@ -160,16 +160,6 @@ def largest_meta_batch(steps: int, device: torch.device, limit: int = 4096) -> i
         finally:
             torch.cuda.empty_cache()
     return best
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

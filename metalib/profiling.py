@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import math
+import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from .utils import resolve_device
 
-__all__ = ["Cost", "measure"]
+__all__ = ["Cost", "measure", "cpu_name"]
 
 
 @dataclass
@@ -79,3 +81,14 @@ def measure(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[
     seconds = time.perf_counter() - start
     cuda_mib = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if cuda else math.nan
     return result, Cost(seconds, graph_mib, cuda_mib)
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo on Linux): what timings and manifests say they ran on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

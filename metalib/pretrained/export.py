@@ -22,22 +22,13 @@ import torch
 from ..checkpoints import check_same_run, load_checkpoint, load_snapshots
 from ..data import omniglot_splits
 from ..evaluate import evaluate
+from ..profiling import cpu_name
 from ..recipes import get_recipe
 from ..tasks import EpisodeSampler
 from ..train_cli import build_learner, parse_args, run_settings
 from . import ZOO
 
 TEST_SEED_OFFSET = 2  # train_cli's test stream: seed + 2
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _git_commit() -> str | None:
@@ -102,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {
         "name": a.recipe, "recipe": recipe.as_dict(), "argv": argv_run, "command": a.command,
         "git_commit": a.commit or _git_commit(), "torch": torch.__version__, "python": platform.python_version(),
-        "machine": a.machine or f"{_cpu_model()}, {torch.get_num_threads()} torch threads (CPU)",
+        "machine": a.machine or f"{cpu_name()}, {torch.get_num_threads()} torch threads (CPU)",
         "steps": state["step"], "wall_clock_s": state.get("elapsed"), "cpu_s": state.get("cpu_s"),
         "note": a.note, "evaluation": evaluation, "curve": {"tasks": a.curve_tasks, "column": f"{ways}w{shots}s",
                                                             "points": curve},
