@@ -16,6 +16,7 @@ MODELS = available()
 
 
 def test_zoo_is_small_and_every_model_has_a_manifest():
+    assert MODELS, "the zoo ships at least one model"
     weights = sorted(ZOO.glob("*.pt"))
     assert all((ZOO / f"{p.stem}.json").exists() for p in weights), "every model needs its manifest"
     assert sum(p.stat().st_size for p in ZOO.iterdir() if p.is_file()) < 10 * 2**20
