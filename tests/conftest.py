@@ -38,3 +38,15 @@ def omniglot(omniglot_data_dir: Path):
     data = load_omniglot(omniglot_data_dir, download=False)
     print(f"\nload_omniglot (cache build or load): {time.perf_counter() - start:.2f} s")
     return data
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread avoids oversubscription on busy machines (restored afterwards).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,13 +12,7 @@ from metalib.darts import (OPS, MixedOp, Network, SearchSpace, architecture_grad
 from metalib.errors import ArgumentError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on busy machines (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n: int, ways: int = 3, size: int = 8, dtype=torch.float32, seed: int = 0):
@@ -63,8 +57,8 @@ def _unrolled_val(model, w, alpha, tr, val, xi, create_graph):
 def test_second_order_gradient_matches_exact_and_finite_differences():
     space = SearchSpace(ways=3, channels=2, nodes=2)
     model = space.supernet(seed=0).double()
-    with torch.no_grad():
-        model.alphas.normal_()
+    with torch.no_grad():  # a fixed draw: the check needs alphas away from ReLU / max-pool kinks of this tiny net
+        model.alphas.copy_(torch.randn(model.alphas.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
     tr, val = _data(6, dtype=torch.float64, seed=1), _data(6, dtype=torch.float64, seed=2)
     xi = 0.5
     w = {k: v.detach() for k, v in model.weights().items()}

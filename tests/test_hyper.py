@@ -14,13 +14,7 @@ from metalib.hyper import (hyper_values, hypergradient, hypergradient_descent, l
 from metalib.search import grid_search, random_search
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on busy CI machines (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _problem(dtype=torch.float64, seed: int = 0):

@@ -10,13 +10,7 @@ from metalib.learned_optimizer import (LearnedOptimizer, OptState, meta_train_op
                                        run_optimizer, unroll)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on busy machines (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random_optimizer(seed: int = 0, **kw) -> LearnedOptimizer:
