@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .profiling import History
 from .errors import ArgumentError
 from .hyper import classification_scores, split_episode
 from .search import SearchResult
@@ -288,7 +289,7 @@ def darts_search(model: SearchNetwork, train_data: Batch, val_data: Batch, steps
     w_opt = torch.optim.SGD(w_params, lr=w_lr, momentum=momentum, weight_decay=weight_decay)
     a_opt = torch.optim.Adam([model.alphas], lr=alpha_lr, betas=(0.5, 0.999), weight_decay=alpha_weight_decay)
     model.train()
-    rows, start, excluded = [], time.perf_counter(), 0.0
+    history = History()
     for step in range(steps):
         val = math.nan
         if step >= warmup:
@@ -304,15 +305,9 @@ def darts_search(model: SearchNetwork, train_data: Batch, val_data: Batch, steps
         w_opt.step()
         if not (math.isfinite(val) or step < warmup) or not math.isfinite(loss.item()):
             raise FloatingPointError(f"search step {step} diverged (val loss {val}); lower w_lr or alpha_lr")
-        row = {"step": step, "val_loss": val, "train_loss": loss.item(), "arch": model.derive(),
-               "weights": model.mixture_weights().detach().cpu().numpy(),
-               "time_s": time.perf_counter() - start - excluded}
-        if callback is not None:
-            clock = time.perf_counter()
-            row.update(callback(step, model))
-            excluded += time.perf_counter() - clock
-        rows.append(row)
-    return pd.DataFrame(rows)
+        history.add({"step": step, "val_loss": val, "train_loss": loss.item(), "arch": model.derive(),
+                     "weights": model.mixture_weights().detach().cpu().numpy()}, callback, step, model)
+    return history.frame()
 
 
 def derive(alphas: Tensor, ops: Sequence[str]) -> Architecture:

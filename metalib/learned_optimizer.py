@@ -22,7 +22,6 @@ feature nearest 0.9, divided by the RMS); the MLP's last layer starts at zero an
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .profiling import History
 from .errors import ArgumentError
 from .hyper import Batch, Data, LossFn, _batch, loss_on
 from .models import mlp
@@ -238,7 +238,7 @@ def meta_train_optimizer(opt: LearnedOptimizer, tasks: TaskFamily | Task, *, met
                             f"unroll_steps={unroll_steps}, horizon={horizon}")
     family: TaskFamily = tasks if callable(tasks) else (lambda _seed: tasks)
     adam = torch.optim.Adam(opt.parameters(), lr=meta_lr)
-    rows, start, excluded, k, task, theta, state = [], time.perf_counter(), 0.0, -1, None, None, None
+    history, k, task, theta, state = History(), -1, None, None, None
     for i in range(meta_steps):
         if task is None or state.t + unroll_steps > horizon:
             k += 1
@@ -257,14 +257,8 @@ def meta_train_optimizer(opt: LearnedOptimizer, tasks: TaskFamily | Task, *, met
             theta, state = {n: v.detach() for n, v in theta.items()}, state.detach()
         else:  # a diverged optimizee or meta-gradient: no update, a new optimizee
             task = None
-        row = {"meta_step": i, "task": k, "t": t0, "meta_loss": meta.item(),
-               "time_s": time.perf_counter() - start - excluded}
-        if callback is not None:
-            clock = time.perf_counter()
-            row.update(callback(i, opt))
-            excluded += time.perf_counter() - clock
-        rows.append(row)
-    return pd.DataFrame(rows)
+        history.add({"meta_step": i, "task": k, "t": t0, "meta_loss": meta.item()}, callback, i, opt)
+    return history.frame()
 
 
 # ------------------------------------------------------------------------------------------- evaluation

@@ -12,7 +12,7 @@ import torch
 
 from .utils import resolve_device
 
-__all__ = ["Cost", "measure", "cpu_name"]
+__all__ = ["Cost", "measure", "cpu_name", "History"]
 
 
 @dataclass
@@ -92,3 +92,27 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+class History:
+    """Rows of a run's history, each stamped with ``time_s``: seconds since the run started, not counting the
+    time spent in callbacks that add columns (e.g. evaluations for a plot)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self._start, self._excluded = time.perf_counter(), 0.0
+
+    def add(self, row: dict, callback: Callable[..., dict] | None = None, *args: Any) -> dict:
+        """Stamp ``row`` and append it; ``callback(*args)`` may add columns, untimed."""
+        row["time_s"] = time.perf_counter() - self._start - self._excluded
+        if callback is not None:
+            clock = time.perf_counter()
+            row.update(callback(*args))
+            self._excluded += time.perf_counter() - clock
+        self.rows.append(row)
+        return row
+
+    def frame(self):  # -> pandas.DataFrame (imported on use)
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
