@@ -1,0 +1,47 @@
+"""metalib.exercises.check, and every notebook ending with 2-4 checkable exercises that are open when committed."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from metalib.exercises import check
+from metalib.runner import discover_notebooks, find_project
+
+NOTEBOOKS = discover_notebooks(find_project(Path(__file__).parent).notebooks_dir)
+CHECK_CALL = re.compile(r"""\bcheck\(\s*["'](\d\d\.\d)["']""")
+
+
+def test_check_reports_open_correct_wrong_and_error_without_raising(capsys):
+    assert check("00.1", None, lambda a: a == 3, hint="three").status == "open"
+    assert "open" in capsys.readouterr().out
+    ok = check("00.1", 3, lambda a: a == 3, hint="three")
+    assert ok and ok.status == "correct" and "correct" in capsys.readouterr().out
+    wrong = check("00.1", 4, lambda a: (a == 3, f"{a} is too large"), hint="three")
+    assert not wrong and wrong.status == "wrong"
+    out = capsys.readouterr().out
+    assert "4 is too large" in out and "Hint: three" in out
+    broken = check("00.1", "x", lambda a: a + 1 > 0, hint="a number")
+    assert broken.status == "error" and "TypeError" in broken.message and "Hint: a number" in broken.message
+    assert "TypeError" in capsys.readouterr().out
+    assert check("00.1", 3, lambda a: a == 3, quiet=True) and capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_ends_with_open_checkable_exercises(path: Path):
+    cells = nbformat.read(path, as_version=4).cells
+    heads = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.lstrip().startswith("## Exercises")]
+    assert len(heads) == 1, f"{path.name}: needs one '## Exercises' section"
+    section = cells[heads[0]:]
+    ids = [m for c in section if c.cell_type == "code" for m in CHECK_CALL.findall(c.source)]
+    number = path.name[:2]
+    assert 2 <= len(ids) <= 4 and len(set(ids)) == len(ids), f"{path.name}: 2-4 distinct exercises, got {ids}"
+    assert all(i.startswith(number + ".") for i in ids), f"{path.name}: exercise ids must start with {number}., got {ids}"
+    hints = sum(c.source.count("<details>") for c in section if c.cell_type == "markdown")
+    assert hints >= len(ids), f"{path.name}: every exercise needs a hint in a <details> block"
+    for c in section:
+        if c.cell_type == "code" and "check(" in c.source:
+            assert re.search(r"^\w+ = None\b", c.source, re.M), \
+                f"{path.name}: an exercise cell must be committed unanswered (`answer = None`):\n{c.source}"
