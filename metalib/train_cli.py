@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
@@ -31,7 +33,7 @@ from .recipes import RECIPES, get_recipe
 from .tasks import EpisodeSampler, SinusoidTasks
 from .train import make_optimizer
 
-__all__ = ["build_parser", "build_learner", "parse_args", "main", "run", "run_settings"]
+__all__ = ["build_parser", "build_learner", "parse_args", "main", "run", "run_settings", "train_recipe"]
 
 # the options that define a training run: resuming a checkpoint with any of them changed is refused
 # (--steps only with the cosine schedule, which it shapes; otherwise a longer run continues the same run)
@@ -239,6 +241,11 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace) -> int:
+    _train(a, evaluate_after=True)
+    return 0
+
+
+def _train(a: argparse.Namespace, evaluate_after: bool) -> tuple[MetaLearner, pd.DataFrame]:
     check_outputs(a)
     ctx = init_distributed(a.backend, timeout=a.timeout, device=a.device)
     try:
@@ -261,16 +268,33 @@ def _run(a: argparse.Namespace) -> int:
             val_sampler=val, val_every=a.val_every, val_tasks=a.val_tasks, val_steps=a.eval_steps,
             checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=not a.no_resume,
             time_budget=a.time_budget, progress=a.progress)
-        say(history.to_string(index=False), flush=True)
+        if evaluate_after:
+            say(history.to_string(index=False), flush=True)
         if a.history_csv and ctx.is_main:
             history.to_csv(a.history_csv, index=False)
-        if a.eval_tasks > 0:
+        if evaluate_after and a.eval_tasks > 0:
             result = distributed_evaluate(learner, samplers["test"], n_tasks=a.eval_tasks, steps=a.eval_steps,
                                           ctx=ctx, progress=a.progress)
             say(f"test {result}", flush=True)
     finally:
         shutdown_distributed()
-    return 0
+    return learner, history
+
+
+def train_recipe(name: str, checkpoint: str | Path, *, device: str = "auto", data_dir: str | Path | None = None,
+                 progress: bool = True, options: Sequence[str] = ()) -> tuple[MetaLearner, pd.DataFrame]:
+    """Train recipe ``name`` in this process, exactly as ``python -m metalib.train_cli --recipe NAME
+    --checkpoint CHECKPOINT`` does (resuming ``checkpoint`` when it holds the same run, keeping snapshots
+    where the recipe does), without the final evaluation. Returns the learner and its history.
+
+    A notebook's full profile calls this, so the numbers it shows come from the zoo's own recipes. ``options``:
+    further command-line options, which override the recipe's (e.g. ``["--steps", "10"]`` for a smoke run)."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}; the recipes are {sorted(RECIPES)}")
+    argv = ["--recipe", name, "--checkpoint", str(checkpoint), "--device", str(device),
+            "--progress" if progress else "--no-progress", *(["--data-dir", str(data_dir)] if data_dir else [])]
+    _, a = parse_args([*argv, *options])
+    return _train(a, evaluate_after=False)
 
 
 # @record writes a failing rank's traceback where torchrun reports it ("Root Cause" in its summary)

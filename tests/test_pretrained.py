@@ -50,3 +50,25 @@ def test_shipped_model_scores_what_its_manifest_says(name):
         one_query = 1 / (e["check_tasks"] * e["ways"] * e["queries"])
         assert abs(got.mean - e["check_mean"]) <= 2 * one_query + 1e-9, (
             f"{name} {e['ways']}w{e['shots']}s: {got.mean:.5f} now, {e['check_mean']:.5f} in the manifest")
+
+
+def test_train_recipe_trains_the_recipe_resumes_it_and_evaluates_it_like_the_zoo(tmp_path, omniglot_data_dir,
+                                                                                  one_torch_thread):
+    from metalib.checkpoints import load_checkpoint
+    from metalib.errors import UserError
+    from metalib.pretrained.export import recipe_results
+    from metalib.train_cli import train_recipe
+
+    ckpt, options = tmp_path / "run.pt", ["--steps", "3", "--ways", "5", "--val-tasks", "0", "--snapshot-every", "0"]
+    run = dict(device="cpu", data_dir=omniglot_data_dir, progress=False, options=options)
+    learner, history = train_recipe("protonet-omniglot-1shot", ckpt, **run)
+    state = load_checkpoint(ckpt)
+    assert state["step"] == 3 and state["run_settings"]["algorithm"] == "protonet"
+    assert state["run_settings"]["ways"] == 5 and state["run_settings"]["lr_schedule"] == "step"  # recipe + override
+    again, _ = train_recipe("protonet-omniglot-1shot", ckpt, **run)  # the same run: resumed, nothing retrained
+    assert all(torch.equal(a, b) for a, b in zip(learner.state_dict().values(), again.state_dict().values()))
+    rows = recipe_results(learner, "protonet-omniglot-1shot", n_tasks=4, data_dir=omniglot_data_dir)
+    assert [(r["ways"], r["shots"], r["n_tasks"]) for r in rows] == [(5, 1, 4), (20, 1, 4)]
+    assert all(0 < r["mean"] <= 1 and r["published"] for r in rows)
+    with pytest.raises(UserError, match="unknown recipe"):
+        train_recipe("no-such-recipe", ckpt, **run)

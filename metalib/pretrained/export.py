@@ -39,9 +39,26 @@ def _git_commit() -> str | None:
         return None
 
 
-def zoo_test_sampler(split, ways: int, shots: int, queries: int, seed: int) -> EpisodeSampler:
+def zoo_test_sampler(split, ways: int, shots: int, queries: int, seed: int, device="cpu") -> EpisodeSampler:
     """The fixed test tasks of a zoo model: train_cli's test stream (sampler seed = run seed + 2)."""
-    return EpisodeSampler(split, ways, shots, queries, seed=seed + TEST_SEED_OFFSET)
+    return EpisodeSampler(split, ways, shots, queries, seed=seed + TEST_SEED_OFFSET, device=device)
+
+
+def recipe_results(learner, name: str, *, n_tasks: int = 600, data_dir=None, device="cpu") -> list[dict]:
+    """``learner`` evaluated like a zoo model of recipe ``name``: every test column of the recipe, on its fixed
+    test tasks (the first ``n_tasks``), with the recipe's test steps. One dict per column: ``ways``, ``shots``,
+    ``queries``, ``n_tasks``, ``mean``, ``ci95``, ``test_steps``, ``batchnorm``, ``published``."""
+    recipe = get_recipe(name)
+    _, args = parse_args(["--recipe", name])
+    split = omniglot_splits("vinyals", splits=["test"], data_dir=data_dir)["test"]
+    rows = []
+    for ways, shots in recipe.tests:
+        sampler = zoo_test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed, device)
+        r = evaluate(learner, sampler, n_tasks=n_tasks, steps=args.eval_steps)
+        rows.append({"ways": ways, "shots": shots, "queries": recipe.eval_queries, "n_tasks": r.n_tasks,
+                     "mean": r.mean, "ci95": r.ci95, "test_steps": r.steps, "batchnorm": r.settings["batchnorm"],
+                     "published": recipe.published.get(f"{ways}w{shots}s")})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,16 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     split = omniglot_splits("vinyals", splits=["test"])["test"]
     steps = args.eval_steps
     evaluation = []
-    for ways, shots in recipe.tests:
-        sampler = zoo_test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed)
-        full = evaluate(learner, sampler, n_tasks=a.eval_tasks, steps=steps)
+    for row in recipe_results(learner, a.recipe, n_tasks=a.eval_tasks):
+        sampler = zoo_test_sampler(split, row["ways"], row["shots"], row["queries"], recipe.seed)
         check = evaluate(learner, sampler, n_tasks=a.check_tasks, steps=steps)
-        evaluation.append({"ways": ways, "shots": shots, "queries": recipe.eval_queries, "split": "vinyals/test",
-                           "sampler_seed": recipe.seed + TEST_SEED_OFFSET, "n_tasks": full.n_tasks,
-                           "mean": full.mean, "ci95": full.ci95, "test_steps": full.steps,
-                           "batchnorm": full.settings["batchnorm"], "check_tasks": check.n_tasks,
-                           "check_mean": check.mean, "published": recipe.published.get(f"{ways}w{shots}s")})
-        print(f"{ways}-way {shots}-shot: {full}")
+        evaluation.append({**row, "split": "vinyals/test", "sampler_seed": recipe.seed + TEST_SEED_OFFSET,
+                           "check_tasks": check.n_tasks, "check_mean": check.mean})
+        print(f"{row['ways']}-way {row['shots']}-shot: {100 * row['mean']:.2f}% +/- {100 * row['ci95']:.2f}% "
+              f"({row['n_tasks']} tasks, {row['test_steps']} test steps, batchnorm={row['batchnorm']})")
     curve = []
     ways, shots = recipe.tests[0]
     sampler = zoo_test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed)
