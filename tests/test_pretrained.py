@@ -72,3 +72,14 @@ def test_train_recipe_trains_the_recipe_resumes_it_and_evaluates_it_like_the_zoo
     assert all(0 < r["mean"] <= 1 and r["published"] for r in rows)
     with pytest.raises(UserError, match="unknown recipe"):
         train_recipe("no-such-recipe", ckpt, **run)
+
+
+def test_reproduce_trains_each_recipe_into_the_run_folder_and_tabulates_it(tmp_path, omniglot_data_dir, one_torch_thread):
+    from metalib.pretrained.export import reproduce
+
+    table = reproduce(["protonet-omniglot-1shot"], tmp_path / "runs", device="cpu", data_dir=omniglot_data_dir, n_tasks=3,
+                      progress=False, options=["--steps", "2", "--ways", "5", "--val-tasks", "0"])
+    assert (tmp_path / "runs" / "protonet-omniglot-1shot.pt").exists()
+    assert list(table["column"]) == ["5-way 1-shot", "20-way 1-shot"] and table["recipe"].eq("protonet-omniglot-1shot").all()
+    assert table["reproduced (%)"].between(0, 100).all() and table["shipped (%)"].gt(90).all()
+    assert list(table["published (%)"]) == ["98.8", "96.0"]

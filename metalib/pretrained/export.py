@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from ..checkpoints import check_same_run, load_checkpoint, load_snapshots
@@ -59,6 +60,33 @@ def recipe_results(learner, name: str, *, n_tasks: int = 600, data_dir=None, dev
                      "mean": r.mean, "ci95": r.ci95, "test_steps": r.steps, "batchnorm": r.settings["batchnorm"],
                      "published": recipe.published.get(f"{ways}w{shots}s")})
     return rows
+
+
+def reproduce(recipes, run_dir, *, device="auto", data_dir=None, n_tasks: int = 600, progress: bool = True,
+              options=()) -> pd.DataFrame:
+    """Retrain each recipe of ``recipes`` with :func:`metalib.train_cli.train_recipe` (checkpoint
+    ``run_dir/<recipe>.pt``, resumed when present) and score it with :func:`recipe_results`; one row per recipe and
+    test column, beside the shipped model's figure where there is one. What a notebook's full profile runs.
+    ``options``: further ``train_cli`` options for every recipe (they override the recipe's fields)."""
+    from ..train_cli import train_recipe
+    from . import available, manifest
+
+    rows = []
+    for name in recipes:
+        learner, _ = train_recipe(name, Path(run_dir) / f"{name}.pt", device=str(device), data_dir=data_dir,
+                                   progress=progress, options=options)
+        shipped = {(e["ways"], e["shots"]): e["mean"] for e in manifest(name)["evaluation"]} if name in available() else {}
+        for row in recipe_results(learner, name, n_tasks=n_tasks, data_dir=data_dir, device=learner_device(learner)):
+            rows.append({"recipe": name, "column": f"{row['ways']}-way {row['shots']}-shot",
+                         "reproduced (%)": 100 * row["mean"], "95% CI": 100 * row["ci95"],
+                         "shipped (%)": 100 * shipped[row["ways"], row["shots"]] if shipped else None,
+                         "published (%)": row["published"]})
+    return pd.DataFrame(rows)
+
+
+def learner_device(learner) -> torch.device:
+    """The device of a learner's meta-parameters."""
+    return next(iter(learner.parameters())).device
 
 
 def main(argv: list[str] | None = None) -> int:
