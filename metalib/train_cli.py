@@ -40,6 +40,7 @@ __all__ = ["build_parser", "build_learner", "parse_args", "main", "run", "run_se
 RUN_OPTIONS = ("algorithm", "dataset", "ways", "shots", "queries", "protocol", "hidden", "inner_lr", "inner_steps",
                "optimizer", "outer_lr", "lr_schedule", "lr_min", "lr_step_size", "lr_gamma", "meta_batch", "seed")
 
+EMBEDDING_LEARNERS = ("protonet", "r2d2")  # learners on an embedding (conv4 without a head), no inner loop
 _SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}  # each split's task stream has its own seed
 
 
@@ -143,10 +144,10 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     for name in ("val_tasks", "eval_tasks", "snapshot_every"):
         if getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
-    if a.dataset == "sinusoid" and a.algorithm == "protonet":
-        p.error("protonet classifies by distance to class prototypes: use --dataset omniglot")
-    if a.algorithm == "protonet" and (a.inner_lr is not None or a.inner_steps is not None):
-        p.error("protonet has no inner loop: drop --inner-lr/--inner-steps")
+    if a.dataset == "sinusoid" and a.algorithm in EMBEDDING_LEARNERS:
+        p.error(f"{a.algorithm} classifies with a head built from the support set: use --dataset omniglot")
+    if a.algorithm in EMBEDDING_LEARNERS and (a.inner_lr is not None or a.inner_steps is not None):
+        p.error(f"{a.algorithm} has no inner loop: drop --inner-lr/--inner-steps")
     if a.algorithm == "pretrain" and a.inner_steps is not None:
         p.error("pretrain trains without inner steps; set test-time fine-tuning steps with --eval-steps")
 
@@ -203,7 +204,7 @@ def _samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
 def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
     """The learner (model included, seeded) that the parsed options describe."""
     kw: dict[str, object] = {}
-    if a.algorithm != "protonet":
+    if a.algorithm not in EMBEDDING_LEARNERS:
         if a.inner_lr is not None or a.dataset == "sinusoid":
             kw["inner_lr"] = a.inner_lr if a.inner_lr is not None else 0.01
         if a.inner_steps is not None and a.algorithm != "pretrain":
@@ -212,7 +213,7 @@ def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
     if a.dataset == "sinusoid":
         model = mlp(seed=a.seed, device=device)
     else:
-        model = conv4(0 if a.algorithm == "protonet" else a.ways, hidden=a.hidden, seed=a.seed, device=device)
+        model = conv4(0 if a.algorithm in EMBEDDING_LEARNERS else a.ways, hidden=a.hidden, seed=a.seed, device=device)
     return make_learner(a.algorithm, model, **kw)
 
 

@@ -6,6 +6,7 @@
 ``gradient``   MAML, FOMAML, Meta-SGD, ANIL, joint pre-training
 ``reptile``    Reptile
 ``protonet``   Prototypical Networks
+``ridge``      R2D2 / MetaOptNet-ridge: a closed-form ridge-regression head
 =============  ======================================================
 """
 from __future__ import annotations
@@ -16,13 +17,14 @@ from ..errors import ArgumentError
 from .base import MetaLearner
 from .gradient import GradientMetaLearner, anil, fomaml, maml, metasgd, pretrain
 from .protonet import ProtoNet, protonet
+from .ridge import R2D2, r2d2
 from .reptile import Reptile, reptile
 
 __all__ = ["MetaLearner", "GradientMetaLearner", "Reptile", "ProtoNet", "maml", "fomaml", "metasgd", "anil",
-           "reptile", "protonet", "pretrain", "make_learner", "ALGORITHMS"]
+           "reptile", "protonet", "r2d2", "R2D2", "pretrain", "make_learner", "ALGORITHMS"]
 
 ALGORITHMS = {"maml": maml, "fomaml": fomaml, "metasgd": metasgd, "anil": anil, "reptile": reptile,
-              "protonet": protonet, "pretrain": pretrain}
+              "protonet": protonet, "r2d2": r2d2, "pretrain": pretrain}
 
 
 def make_learner(name: str, model: nn.Module, **kw) -> MetaLearner:

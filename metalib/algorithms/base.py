@@ -5,12 +5,13 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ArgumentError
+from ..inner import forward_adapted
 from ..models import BATCHNORM_MODE
 from ..problems import CLASSIFICATION, Problem
 from ..tasks import TaskBatch
 from ..types import Grads
 
-__all__ = ["MetaLearner"]
+__all__ = ["MetaLearner", "EpisodeClassifier", "embed_episode"]
 
 
 class MetaLearner(nn.Module):
@@ -52,6 +53,35 @@ class MetaLearner(nn.Module):
         params = self.meta_parameters()
         gs = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         return {k: (torch.zeros_like(p) if g is None else g) for (k, p), g in zip(params.items(), gs)}
+
+
+def embed_episode(model: nn.Module, batch: TaskBatch) -> tuple[Tensor, Tensor, int]:
+    """Support and query embeddings ``[B, N*K, D]``, ``[B, N*Q, D]`` and the number of ways. Both sets go through
+    ``model`` in one batch per task, so BatchNorm statistics are per task (transductive), as in the MAML family."""
+    x = torch.cat([batch.support_x, batch.query_x], dim=1)
+    z = forward_adapted(model, dict(model.named_parameters()), x)
+    n_support = batch.support_x.shape[1]
+    return z[:, :n_support], z[:, n_support:], int(batch.support_y.max()) + 1
+
+
+class EpisodeClassifier(MetaLearner):
+    """A learner whose adaptation is one differentiable function of the support set (no inner loop):
+    ``logits(batch) -> [B, N*Q, N]``; training and evaluation follow from it."""
+
+    problem = CLASSIFICATION
+
+    def logits(self, batch: TaskBatch) -> Tensor:
+        raise NotImplementedError
+
+    def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
+        logits = self.logits(batch)
+        loss = self.problem.task_loss(logits, batch.query_y).mean()
+        score = self.problem.task_score(logits.detach(), batch.query_y).mean()
+        return self._grads(loss), {"loss": loss.item(), self.problem.score_name: score.item()}
+
+    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
+        with torch.no_grad():
+            return self.problem.task_score(self.logits(batch), batch.query_y)
 
 
 def make_torch_optimizer(params: list[nn.Parameter], name: str, lr: float | None,
