@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--inner-lr", type=float, default=None,
                    help="inner-loop step size (default: the algorithm's; 0.01 for sinusoid)")
     g.add_argument("--inner-steps", type=int, default=None, help="inner-loop steps in training")
+    g.add_argument("--proximal", type=float, default=1.0,
+                   help="imaml: lambda of the proximal term lambda/2 |phi - theta|^2 of the inner problem")
+    g.add_argument("--cg-steps", type=int, default=5, help="imaml: conjugate-gradient iterations of the implicit gradient")
     g.add_argument("--optimizer", choices=["adam", "sgd"], default=None,
                    help="outer optimiser (default: adam; sgd for reptile)")
     g.add_argument("--outer-lr", type=float, default=None,
@@ -148,6 +151,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"{a.algorithm} classifies with a head built from the support set: use --dataset omniglot")
     if a.algorithm in EMBEDDING_LEARNERS and (a.inner_lr is not None or a.inner_steps is not None):
         p.error(f"{a.algorithm} has no inner loop: drop --inner-lr/--inner-steps")
+    if a.algorithm == "imaml" and not (a.proximal > 0 and a.cg_steps >= 1):
+        p.error(f"imaml needs --proximal > 0 and --cg-steps >= 1, got {a.proximal} and {a.cg_steps}")
     if a.algorithm == "pretrain" and a.inner_steps is not None:
         p.error("pretrain trains without inner steps; set test-time fine-tuning steps with --eval-steps")
 
@@ -170,6 +175,8 @@ def run_settings(a: argparse.Namespace) -> dict[str, object]:
     settings = {k: getattr(a, k) for k in RUN_OPTIONS}
     if a.lr_schedule == "cosine":
         settings["steps"] = a.steps
+    if a.algorithm == "imaml":  # only where they matter, so other runs' checkpoints keep their settings
+        settings.update(proximal=a.proximal, cg_steps=a.cg_steps)
     return settings
 
 
@@ -210,6 +217,8 @@ def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
         if a.inner_steps is not None and a.algorithm != "pretrain":
             kw["steps"] = a.inner_steps
         kw["problem"] = "regression" if a.dataset == "sinusoid" else "classification"
+        if a.algorithm == "imaml":
+            kw.update(lam=a.proximal, cg_steps=a.cg_steps)
     if a.dataset == "sinusoid":
         model = mlp(seed=a.seed, device=device)
     else:

@@ -5,6 +5,7 @@
 ``base``       ``MetaLearner``: the contract training and evaluation use
 ``gradient``   MAML, FOMAML, Meta-SGD, ANIL, joint pre-training
 ``reptile``    Reptile
+``imaml``      iMAML: the implicit meta-gradient (conjugate gradient on Hessian-vector products)
 ``protonet``   Prototypical Networks
 ``ridge``      R2D2 / MetaOptNet-ridge: a closed-form ridge-regression head
 =============  ======================================================
@@ -16,14 +17,15 @@ from torch import nn
 from ..errors import ArgumentError
 from .base import MetaLearner
 from .gradient import GradientMetaLearner, anil, fomaml, maml, metasgd, pretrain
+from .imaml import IMAML, imaml
 from .protonet import ProtoNet, protonet
 from .ridge import R2D2, r2d2
 from .reptile import Reptile, reptile
 
 __all__ = ["MetaLearner", "GradientMetaLearner", "Reptile", "ProtoNet", "maml", "fomaml", "metasgd", "anil",
-           "reptile", "protonet", "r2d2", "R2D2", "pretrain", "make_learner", "ALGORITHMS"]
+           "reptile", "protonet", "r2d2", "R2D2", "imaml", "IMAML", "pretrain", "make_learner", "ALGORITHMS"]
 
-ALGORITHMS = {"maml": maml, "fomaml": fomaml, "metasgd": metasgd, "anil": anil, "reptile": reptile,
+ALGORITHMS = {"maml": maml, "fomaml": fomaml, "metasgd": metasgd, "anil": anil, "imaml": imaml, "reptile": reptile,
               "protonet": protonet, "r2d2": r2d2, "pretrain": pretrain}
 
 

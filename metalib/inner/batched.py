@@ -32,11 +32,11 @@ class BatchedEngine:
         if head_only(model, names):
             features = model.embed_tasks(params, x, False, cl)
             fast = inner_sgd(lambda p: cfg.problem.task_loss(model.head_tasks(p, features), y).sum(),
-                             fast, lr, cfg.steps, cfg.first_order)
+                             fast, lr, cfg.steps, cfg.first_order, cfg.proximal)
             return {**fixed, **fast}, lambda p, inp: model.head_tasks(p, model.embed_tasks(p, inp, False, cl))
         second_order = not cfg.first_order  # the support passes' graphs are differentiated again
         fast = inner_sgd(lambda p: cfg.problem.task_loss(model.forward_tasks({**fixed, **p}, x, second_order, cl), y).sum(),
-                         fast, lr, cfg.steps, cfg.first_order)
+                         fast, lr, cfg.steps, cfg.first_order, cfg.proximal)
         return {**fixed, **fast}, lambda p, inp: model.forward_tasks(p, inp, False, cl)
 
     def adapt(self, model: nn.Module, params: Params, lr: LearningRate, support_x: Tensor, support_y: Tensor,

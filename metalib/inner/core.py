@@ -5,7 +5,9 @@ Every gradient-based algorithm in metalib is an :class:`InnerConfig` of this loo
 * ``steps`` SGD steps on each task's support loss, starting from the shared ``params``;
 * ``lr`` a scalar, or per-parameter tensors that Meta-SGD learns;
 * ``first_order=True`` treats the inner gradients as constants (FOMAML, Reptile);
-* ``adapt`` names the parameters that move (all by default; the head for ANIL).
+* ``adapt`` names the parameters that move (all by default; the head for ANIL);
+* ``proximal`` (``lambda``) adds ``lambda / 2 * |phi - theta|^2`` to the support loss, pulling each task's
+  weights ``phi`` towards the shared start ``theta`` (iMAML's regularised inner problem).
 
 :func:`adapt` and :func:`task_losses` take a whole meta-batch (a :class:`~metalib.tasks.TaskBatch`)
 and hand it to an *engine* (:mod:`metalib.inner.select`) that decides how the tasks are executed:
@@ -25,7 +27,7 @@ from ..problems import CLASSIFICATION, Problem
 from ..tasks import TaskBatch
 from ..types import Params
 
-__all__ = ["InnerConfig", "sgd_step", "inner_sgd", "adapt", "task_losses", "STRATEGIES"]
+__all__ = ["InnerConfig", "sgd_step", "with_proximal", "inner_sgd", "adapt", "task_losses", "STRATEGIES"]
 
 Strategy = Literal["auto", "batched", "vmap", "loop", "threads"]
 STRATEGIES = ("auto", "batched", "vmap", "loop", "threads")
@@ -42,10 +44,13 @@ class InnerConfig:
     adapt: tuple[str, ...] | None = None  # parameter names that move; None = all
     strategy: Strategy = "auto"           # the engine; "auto" picks one by device and model
     problem: Problem = field(default=CLASSIFICATION)
+    proximal: float = 0.0                 # lambda of the proximal term; 0 = plain support loss
 
     def __post_init__(self):
         if self.steps < 0:
             raise ArgumentError(f"inner steps must be >= 0, got {self.steps}")
+        if not self.proximal >= 0:
+            raise ArgumentError(f"the proximal weight must be >= 0, got {self.proximal}")
         if self.strategy not in STRATEGIES:
             raise ArgumentError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
 
@@ -57,10 +62,20 @@ def sgd_step(params: Params, grads: Mapping[str, Tensor], lr: LearningRate) -> P
     return {k: w - (lr[k] if isinstance(lr, Mapping) else lr) * grads[k] for k, w in params.items()}
 
 
+def with_proximal(loss: Callable[[Params], Tensor], start: Params, weight: float) -> Callable[[Params], Tensor]:
+    """``loss(p) + weight / 2 * sum |p - start|^2`` (over every tensor of ``p``; per-task slices of a batched
+    ``p`` each get their own term); ``loss`` itself when ``weight`` is 0."""
+    if not weight:
+        return loss
+    return lambda p: loss(p) + 0.5 * weight * sum((p[k] - start[k]).pow(2).sum() for k in p)
+
+
 def inner_sgd(loss: Callable[[Params], Tensor], params: Params, lr: LearningRate, steps: int,
-              first_order: bool = False) -> Params:
-    """``steps`` SGD steps on ``loss(params)``. The graph of each step is kept (``create_graph``) unless
-    ``first_order``, so the result is differentiable with respect to the starting ``params`` and ``lr``."""
+              first_order: bool = False, proximal: float = 0.0) -> Params:
+    """``steps`` SGD steps on ``loss(params)`` (plus the ``proximal`` term around the starting ``params``). The
+    graph of each step is kept (``create_graph``) unless ``first_order``, so the result is differentiable with
+    respect to the starting ``params`` and ``lr``."""
+    loss = with_proximal(loss, params, proximal)
     for _ in range(steps):
         with torch.enable_grad():
             params = {k: w if w.requires_grad else w.detach().requires_grad_() for k, w in params.items()}

@@ -8,7 +8,7 @@ from torch.func import functional_call, grad
 
 from ..models import BodyHeadModel, TaskBatchedModel
 from ..types import Params
-from .core import InnerConfig, LearningRate, inner_sgd, sgd_step
+from .core import InnerConfig, LearningRate, inner_sgd, sgd_step, with_proximal
 
 Forward = Callable[..., Tensor]
 SGD = Callable[[Callable[[Params], Tensor], Params, LearningRate, InnerConfig], Params]
@@ -21,11 +21,12 @@ def forward(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
 
 def autograd_sgd(loss: Callable[[Params], Tensor], fast: Params, lr: LearningRate, cfg: InnerConfig) -> Params:
     """The inner loop with ``torch.autograd.grad`` (per-task and batched engines)."""
-    return inner_sgd(loss, fast, lr, cfg.steps, cfg.first_order)
+    return inner_sgd(loss, fast, lr, cfg.steps, cfg.first_order, cfg.proximal)
 
 
 def functorch_sgd(loss: Callable[[Params], Tensor], fast: Params, lr: LearningRate, cfg: InnerConfig) -> Params:
     """The same steps with ``torch.func.grad``, which works inside ``vmap``."""
+    loss = with_proximal(loss, fast, cfg.proximal)
     for _ in range(cfg.steps):
         grads = grad(loss)(fast)
         if cfg.first_order:

@@ -91,11 +91,12 @@ def select_engine(strategy: str, device: torch.device, model: nn.Module) -> Engi
     return PerTaskEngine(name, parallel=name == "threads", channels_last=cl)
 
 
-def forward_adapted(model: nn.Module, params: Params, x: Tensor) -> Tensor:
+def forward_adapted(model: nn.Module, params: Params, x: Tensor, second_order: bool = False) -> Tensor:
     """Outputs ``[B, n, ...]`` on inputs ``x`` ``[B, n, ...]`` of per-task parameters (``[B, *shape]``, as
-    :func:`adapt` returns them) or shared ones (the parameter's own shape), e.g. to score adapted models."""
+    :func:`adapt` returns them) or shared ones (the parameter's own shape), e.g. to score adapted models.
+    ``second_order``: the speed hint that this pass will be differentiated twice (Hessian-vector products)."""
     if isinstance(model, TaskBatchedModel):
-        return model.forward_tasks(params, x, False, channels_last(x.device))
+        return model.forward_tasks(params, x, second_order, channels_last(x.device))
     own = dict(model.named_parameters())
     per_task = {k for k, v in params.items() if v.dim() == own[k].dim() + 1}
     return torch.stack([forward(model, {k: v[i] if k in per_task else v for k, v in params.items()}, xi)

@@ -1,0 +1,106 @@
+"""iMAML: the implicit meta-gradient equals the exact one on a problem with a closed-form inner solution, approaches
+MAML's unrolled gradient as the inner problem is solved, keeps memory flat in the inner steps; batched CG; the
+proximal term of the one inner loop."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metalib.algorithms import imaml, maml
+from metalib.algorithms.imaml import batched_cg
+from metalib.errors import ArgumentError
+from metalib.inner import InnerConfig, adapt
+from metalib.models import conv4, mlp
+from metalib.problems import REGRESSION
+from metalib.profiling import measure
+from metalib.tasks import EpisodeSampler, TaskBatch
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+LAM, D = 2.0, 3
+
+
+def _linear_tasks(B=3, n=6, seed=0) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    x = lambda: torch.randn(B, n, D, generator=g, dtype=torch.float64)  # noqa: E731
+    w = torch.randn(B, D, 1, generator=g, dtype=torch.float64)
+    sx, qx = x(), x()
+    return TaskBatch(sx, sx @ w + 0.1, qx, qx @ w + 0.1)
+
+
+def _closed_form_meta_gradient(theta: dict, batch: TaskBatch) -> dict:
+    """d/dtheta of the mean query MSE at phi*(theta) = argmin MSE_support(phi) + LAM/2 |phi - theta|^2, exactly:
+    phi* solves ((2/n) A^T A + LAM I) phi = (2/n) A^T y + LAM theta with A = [x, 1], differentiated by autograd."""
+    t = torch.cat([theta["head.weight"].flatten(), theta["head.bias"]]).detach().requires_grad_()
+    losses = []
+    for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
+        a, n = torch.cat([sx, torch.ones(len(sx), 1, dtype=sx.dtype)], 1), len(sx)
+        phi = torch.linalg.solve(2 / n * a.T @ a + LAM * torch.eye(D + 1, dtype=sx.dtype), 2 / n * a.T @ sy[:, 0] + LAM * t)
+        losses.append(((qx @ phi[:D] + phi[D] - qy[:, 0]) ** 2).mean())
+    g = torch.autograd.grad(torch.stack(losses).mean(), t)[0]
+    return {"head.weight": g[:D].view(1, D), "head.bias": g[D:]}
+
+
+def test_implicit_meta_gradient_equals_the_exact_one_on_a_closed_form_inner_problem():
+    learner = imaml(mlp((D, 1), seed=0).double(), inner_lr=0.05, steps=400, lam=LAM, cg_steps=D + 1,
+                    problem="regression")
+    batch = _linear_tasks()
+    grads, metrics = learner.meta_gradient(batch)
+    exact = _closed_form_meta_gradient(learner.params(), batch)
+    for k in exact:
+        torch.testing.assert_close(grads[k], exact[k], rtol=1e-8, atol=1e-10)
+    assert metrics["mse"] > 0
+    few = imaml(mlp((D, 1), seed=0).double(), inner_lr=0.05, steps=400, lam=LAM, cg_steps=1, problem="regression")
+    rough = few.meta_gradient(batch)[0]  # one CG step is not the solution: the check can fail
+    assert max((rough[k] - exact[k]).abs().max().item() for k in exact) > 1e-4
+
+
+def test_implicit_gradient_approaches_maml_through_the_solved_proximal_inner_loop():
+    batch = _linear_tasks(seed=1)
+    implicit = imaml(mlp((D, 1), seed=1).double(), inner_lr=0.05, steps=400, lam=LAM, cg_steps=D + 1,
+                     problem="regression").meta_gradient(batch)[0]
+    gaps = []
+    for steps in (5, 400):  # MAML differentiating through `steps` steps of the same regularised inner loop
+        unrolled = maml(mlp((D, 1), seed=1).double(), inner_lr=0.05, steps=steps, problem="regression")
+        unrolled.inner = InnerConfig(steps, 0.05, False, None, "auto", REGRESSION, LAM)
+        g = unrolled.meta_gradient(batch)[0]
+        gaps.append(max((g[k] - implicit[k]).abs().max().item() for k in implicit))
+    assert gaps[1] < 1e-8 < gaps[0]
+
+
+def test_imaml_graph_memory_does_not_grow_with_inner_steps_and_maml_does():
+    batch = EpisodeSampler(torch.randint(0, 255, (10, 20, 28, 28), generator=torch.Generator().manual_seed(0)).to(torch.uint8),
+                           ways=5, shots=1, queries=2, seed=0).sample(0, 2)
+    mib = {}
+    for name, make in (("imaml", lambda k: imaml(conv4(5, hidden=8, seed=0), steps=k)),
+                       ("maml", lambda k: maml(conv4(5, hidden=8, seed=0), steps=k))):
+        mib[name] = [measure(lambda: make(k).meta_gradient(batch), "cpu")[1].graph_mib for k in (1, 8)]
+    assert mib["imaml"][1] == pytest.approx(mib["imaml"][0], rel=0.05)
+    assert mib["maml"][1] > 3 * mib["maml"][0]
+
+
+def test_batched_cg_solves_each_task_and_the_proximal_term_pulls_towards_the_start():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(4, 6, 6, generator=g, dtype=torch.float64)
+    a = m @ m.transpose(1, 2) + 6 * torch.eye(6, dtype=torch.float64)  # SPD per task
+    b = {"w": torch.randn(4, 6, generator=g, dtype=torch.float64)}
+    x = batched_cg(lambda p: {"w": (a @ p["w"].unsqueeze(-1)).squeeze(-1)}, b, iters=6)
+    torch.testing.assert_close(x["w"], torch.linalg.solve(a, b["w"]), rtol=1e-9, atol=1e-10)
+    batch = _linear_tasks()
+    theta = {k: v.detach() for k, v in mlp((D, 1), seed=0).double().named_parameters()}
+    far = adapt(mlp((D, 1)).double(), theta, batch, InnerConfig(200, 0.05, True, None, "auto", REGRESSION, 0.0))
+    near = adapt(mlp((D, 1)).double(), theta, batch, InnerConfig(200, 0.05, True, None, "auto", REGRESSION, 10.0))  # lr * lam < 2: stable
+    dist = lambda p: sum((p[k] - theta[k]).pow(2).sum() for k in p).item()  # noqa: E731
+    assert dist(near) < 0.1 * dist(far)
+    with pytest.raises(ArgumentError, match="proximal"):
+        InnerConfig(proximal=-1.0)
+    with pytest.raises(ArgumentError, match="lam > 0"):
+        imaml(mlp((D, 1)), lam=0.0)
+
+
+def test_train_cli_builds_imaml_with_its_settings():
+    from metalib.train_cli import build_learner, parse_args, run_settings
+
+    _, a = parse_args(["--algorithm", "imaml", "--proximal", "0.5", "--cg-steps", "3", "--inner-steps", "4"])
+    learner = build_learner(a, torch.device("cpu"))
+    assert (learner.name, learner.inner.proximal, learner.cg_steps, learner.inner.steps) == ("imaml", 0.5, 3, 4)
+    assert run_settings(a)["proximal"] == 0.5 and "proximal" not in run_settings(parse_args([])[1])
