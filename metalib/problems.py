@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Problem", "CLASSIFICATION", "REGRESSION", "get_problem"]
+__all__ = ["Problem", "CLASSIFICATION", "REGRESSION", "GAUSSIAN", "get_problem"]
 
 PerSample = Callable[[Tensor, Tensor], Tensor]  # (outputs [n, ...], targets [n, ...]) -> [n]
 
@@ -67,11 +68,31 @@ CLASSIFICATION = Problem("classification", _cross_entropy, _correct, "accuracy",
 REGRESSION = Problem("regression", _squared_error, _squared_error, "mse", higher_is_better=False)
 
 
+def _gaussian_parts(out: Tensor) -> tuple[Tensor, Tensor]:
+    """``out`` ``[n, 2 * d]``: means, then raw scales; sigma = 0.1 + 0.9 softplus(raw) (Garnelo et al., 2018)."""
+    mean, raw = out.chunk(2, dim=-1)
+    return mean, 0.1 + 0.9 * F.softplus(raw)
+
+
+def _gaussian_nll(out: Tensor, y: Tensor) -> Tensor:
+    mean, sigma = _gaussian_parts(out)
+    return -torch.distributions.Normal(mean, sigma).log_prob(y).flatten(1).mean(1)
+
+
+def _mean_squared_error(out: Tensor, y: Tensor) -> Tensor:
+    return _squared_error(_gaussian_parts(out)[0], y)
+
+
+#: Regression with a predictive Gaussian per output (a mean and a scale): trained by its negative log-likelihood,
+#: scored by the squared error of the mean, so its score compares with REGRESSION's (used by the CNP).
+GAUSSIAN = Problem("gaussian", _gaussian_nll, _mean_squared_error, "mse", higher_is_better=False)
+
+
 def get_problem(problem: str | Problem) -> Problem:
     """A :class:`Problem`, or the name of a built-in one (``"classification"``, ``"regression"``)."""
     if isinstance(problem, Problem):
         return problem
-    options = {"classification": CLASSIFICATION, "regression": REGRESSION}
+    options = {"classification": CLASSIFICATION, "regression": REGRESSION, "gaussian": GAUSSIAN}
     if problem not in options:
         raise ValueError(f"problem must be a Problem or one of {list(options)}, got {problem!r}")
     return options[problem]

@@ -40,7 +40,8 @@ __all__ = ["build_parser", "build_learner", "parse_args", "main", "run", "run_se
 RUN_OPTIONS = ("algorithm", "dataset", "ways", "shots", "queries", "protocol", "hidden", "inner_lr", "inner_steps",
                "optimizer", "outer_lr", "lr_schedule", "lr_min", "lr_step_size", "lr_gamma", "meta_batch", "seed")
 
-EMBEDDING_LEARNERS = ("protonet", "r2d2")  # learners on an embedding (conv4 without a head), no inner loop
+EMBEDDING_LEARNERS = ("protonet", "r2d2", "attention")  # learners on an embedding (conv4 without a head), no inner loop
+NO_INNER_LOOP = (*EMBEDDING_LEARNERS, "cnp")
 _SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}  # each split's task stream has its own seed
 
 
@@ -149,7 +150,9 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
     if a.dataset == "sinusoid" and a.algorithm in EMBEDDING_LEARNERS:
         p.error(f"{a.algorithm} classifies with a head built from the support set: use --dataset omniglot")
-    if a.algorithm in EMBEDDING_LEARNERS and (a.inner_lr is not None or a.inner_steps is not None):
+    if a.dataset == "omniglot" and a.algorithm == "cnp":
+        p.error("cnp is a regression learner: use --dataset sinusoid (for Omniglot, the black-box learner is attention)")
+    if a.algorithm in NO_INNER_LOOP and (a.inner_lr is not None or a.inner_steps is not None):
         p.error(f"{a.algorithm} has no inner loop: drop --inner-lr/--inner-steps")
     if a.algorithm == "imaml" and not (a.proximal > 0 and a.cg_steps >= 1):
         p.error(f"imaml needs --proximal > 0 and --cg-steps >= 1, got {a.proximal} and {a.cg_steps}")
@@ -211,7 +214,11 @@ def _samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
 def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
     """The learner (model included, seeded) that the parsed options describe."""
     kw: dict[str, object] = {}
-    if a.algorithm not in EMBEDDING_LEARNERS:
+    if a.algorithm == "cnp":
+        return make_learner("cnp", None, seed=a.seed).to(device)
+    if a.algorithm == "attention":
+        kw["ways"] = max(a.ways, a.eval_ways or a.ways)
+    if a.algorithm not in NO_INNER_LOOP:
         if a.inner_lr is not None or a.dataset == "sinusoid":
             kw["inner_lr"] = a.inner_lr if a.inner_lr is not None else 0.01
         if a.inner_steps is not None and a.algorithm != "pretrain":

@@ -7,6 +7,7 @@
 ``reptile``    Reptile
 ``imaml``      iMAML: the implicit meta-gradient (conjugate gradient on Hessian-vector products)
 ``protonet``   Prototypical Networks
+``blackbox``   black-box learners: a CNP (regression), an attention learner over the support set (classification)
 ``ridge``      R2D2 / MetaOptNet-ridge: a closed-form ridge-regression head
 =============  ======================================================
 """
@@ -17,16 +18,17 @@ from torch import nn
 from ..errors import ArgumentError
 from .base import MetaLearner
 from .gradient import GradientMetaLearner, anil, fomaml, maml, metasgd, pretrain
+from .blackbox import CNP, AttentionLearner, attention_learner, cnp
 from .imaml import IMAML, imaml
 from .protonet import ProtoNet, protonet
 from .ridge import R2D2, r2d2
 from .reptile import Reptile, reptile
 
 __all__ = ["MetaLearner", "GradientMetaLearner", "Reptile", "ProtoNet", "maml", "fomaml", "metasgd", "anil",
-           "reptile", "protonet", "r2d2", "R2D2", "imaml", "IMAML", "pretrain", "make_learner", "ALGORITHMS"]
+           "reptile", "protonet", "r2d2", "R2D2", "imaml", "IMAML", "cnp", "CNP", "attention_learner", "AttentionLearner", "pretrain", "make_learner", "ALGORITHMS"]
 
 ALGORITHMS = {"maml": maml, "fomaml": fomaml, "metasgd": metasgd, "anil": anil, "imaml": imaml, "reptile": reptile,
-              "protonet": protonet, "r2d2": r2d2, "pretrain": pretrain}
+              "protonet": protonet, "r2d2": r2d2, "attention": attention_learner, "cnp": cnp, "pretrain": pretrain}
 
 
 def make_learner(name: str, model: nn.Module, **kw) -> MetaLearner:
