@@ -50,3 +50,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def pattern_images():
+    """``make(classes, seed) -> uint8 [classes, 20, 28, 28]``: each class a random binary pattern plus noise, an
+    easily separable stand-in for Omniglot in learning tests."""
+    import torch
+
+    def make(classes: int = 30, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        protos = (torch.rand(classes, 1, 28, 28, generator=g) > 0.7).float()
+        images = (protos[:, None] + 0.3 * torch.rand(classes, 20, 1, 28, 28, generator=g)).clamp(0, 1)
+        return (images.squeeze(2) * 255).to(torch.uint8)
+    return make

@@ -18,13 +18,6 @@ from metalib.train import meta_train
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _images(classes=30, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    protos = (torch.rand(classes, 1, 28, 28, generator=g) > 0.7).float()
-    images = (protos[:, None] + 0.3 * torch.rand(classes, 20, 1, 28, 28, generator=g)).clamp(0, 1)
-    return (images.squeeze(2) * 255).to(torch.uint8)
-
-
 def _permuted_support(batch: TaskBatch, seed: int = 0) -> TaskBatch:
     perm = torch.randperm(batch.support_x.shape[1], generator=torch.Generator().manual_seed(seed))
     return TaskBatch(batch.support_x[:, perm], batch.support_y[:, perm], batch.query_x, batch.query_y)
@@ -67,8 +60,8 @@ def test_cnp_is_invariant_to_the_support_order_and_fits_a_family_of_lines():
         cnp(conv4(5))
 
 
-def test_attention_learner_is_invariant_to_the_support_order_equivariant_in_queries_and_learns():
-    images = _images()
+def test_attention_learner_is_invariant_to_the_support_order_equivariant_in_queries_and_learns(pattern_images):
+    images = pattern_images()
     learner = attention_learner(conv4(0, hidden=16, seed=0), ways=5, width=64, heads=4, blocks=1)
     batch = EpisodeSampler(images, ways=5, shots=2, queries=3, seed=0).sample(0, 2)
     learner.eval()

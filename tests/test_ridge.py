@@ -17,13 +17,6 @@ from metalib.train import meta_train
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _images(classes=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    protos = (torch.rand(classes, 1, 28, 28, generator=g) > 0.7).float()
-    images = (protos[:, None] + 0.3 * torch.rand(classes, 20, 1, 28, 28, generator=g)).clamp(0, 1)
-    return (images.squeeze(2) * 255).to(torch.uint8)
-
-
 @pytest.mark.parametrize("n, d", [(5, 64), (25, 16)])  # fewer and more support points than features
 def test_woodbury_head_equals_the_closed_form_ridge_solution(n, d):
     g = torch.Generator().manual_seed(0)
@@ -37,11 +30,11 @@ def test_woodbury_head_equals_the_closed_form_ridge_solution(n, d):
         np.testing.assert_allclose(w[b].numpy(), primal, rtol=1e-10, atol=1e-12)
 
 
-def test_r2d2_logits_and_meta_gradient_are_exact():
+def test_r2d2_logits_and_meta_gradient_are_exact(pattern_images):
     learner = r2d2(conv4(0, hidden=8, seed=0), lam=0.5, scale=2.0).double()
     with torch.no_grad():
         learner.bias.fill_(0.3)
-    batch = EpisodeSampler(_images(), ways=4, shots=2, queries=3, seed=0).sample(0, 2).to(dtype=torch.float64)
+    batch = EpisodeSampler(pattern_images(12), ways=4, shots=2, queries=3, seed=0).sample(0, 2).to(dtype=torch.float64)
     logits = learner.logits(batch)
     assert logits.shape == (2, 12, 4)
     with torch.no_grad():  # the ridge head written out from the embeddings, per task (the batched BatchNorm
@@ -76,8 +69,8 @@ def test_r2d2_logits_and_meta_gradient_are_exact():
     assert (grads["model.features.4.weight"] * d).sum().item() == pytest.approx((values[0] - values[1]) / (2 * h), rel=1e-6)
 
 
-def test_r2d2_learns_a_synthetic_task_family_and_rejects_bad_settings():
-    images = _images(30)
+def test_r2d2_learns_a_synthetic_task_family_and_rejects_bad_settings(pattern_images):
+    images = pattern_images(30)
     learner = r2d2(conv4(0, hidden=16, seed=0))
     meta_train(learner, EpisodeSampler(images, ways=5, shots=1, queries=5, seed=1), steps=20, meta_batch=4,
                progress=False)
