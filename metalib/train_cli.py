@@ -230,7 +230,7 @@ def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
         model = mlp(seed=a.seed, device=device)
     else:
         model = conv4(0 if a.algorithm in EMBEDDING_LEARNERS else a.ways, hidden=a.hidden, seed=a.seed, device=device)
-    return make_learner(a.algorithm, model, **kw)
+    return make_learner(a.algorithm, model, **kw).to(device)  # learners with parameters of their own (r2d2, attention) too
 
 
 def check_outputs(a: argparse.Namespace) -> None:

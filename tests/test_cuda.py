@@ -41,3 +41,18 @@ def test_training_and_evaluation_run_on_cuda():
         assert len(hist) >= 1
         result = evaluate(learner, _sampler("cuda", seed=1), n_tasks=8)
         assert 0.0 <= result.mean <= 1.0
+
+
+@pytest.mark.parametrize("name", ["imaml", "r2d2", "attention"])
+def test_new_learners_match_cpu_on_cuda_in_float64(name):
+    from metalib.algorithms import attention_learner, imaml, r2d2
+
+    make = {"imaml": lambda: imaml(conv4(5, hidden=8, seed=0), steps=3),
+            "r2d2": lambda: r2d2(conv4(0, hidden=8, seed=0)),
+            "attention": lambda: attention_learner(conv4(0, hidden=8, seed=0), ways=5, width=16, heads=2, blocks=1)}[name]
+    batch = _sampler("cpu").batch(range(3))
+    batch64 = type(batch)(batch.support_x.double(), batch.support_y, batch.query_x.double(), batch.query_y)
+    g_cpu, _ = make().double().meta_gradient(batch64)
+    g_gpu, _ = make().double().cuda().meta_gradient(batch64.to("cuda"))
+    for k in g_cpu:
+        torch.testing.assert_close(g_gpu[k].cpu(), g_cpu[k], rtol=1e-7, atol=1e-9)
