@@ -96,8 +96,8 @@ class AttentionLearner(EpisodeClassifier):
         if ways > self.ways:
             raise ArgumentError(f"this learner was built for at most {self.ways} ways, got a {ways}-way task")
         labels = F.one_hot(batch.support_y, self.ways).to(zs.dtype)
-        tokens = self.tokens(torch.cat([torch.cat([zs, labels], -1), torch.cat([zq, torch.zeros_like(zq[..., :1]).expand(
-            *zq.shape[:2], self.ways)], -1)], 1))
+        no_labels = zq.new_zeros(*zq.shape[:2], self.ways)  # queries carry no label
+        tokens = self.tokens(torch.cat([torch.cat([zs, labels], -1), torch.cat([zq, no_labels], -1)], 1))
         n_s, n = zs.shape[1], zs.shape[1] + zq.shape[1]
         blocked = torch.ones(n, n, dtype=torch.bool, device=zs.device)  # True: may not attend
         blocked[:, :n_s] = False                                          # everyone sees the support set

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluation.append({**row, "split": "vinyals/test", "sampler_seed": recipe.seed + TEST_SEED_OFFSET,
                            "check_tasks": check.n_tasks, "check_mean": check.mean})
         print(f"{row['ways']}-way {row['shots']}-shot: {100 * row['mean']:.2f}% +/- {100 * row['ci95']:.2f}% "
-              f"({row['n_tasks']} tasks, {row['test_steps']} test steps, batchnorm={row['batchnorm']})")
+              f"({row['n_tasks']} tasks, {row['test_steps'] or 'no'} test steps, batchnorm={row['batchnorm']})")
     curve = []
     ways, shots = recipe.tests[0]
     sampler = zoo_test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed)
