@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .algorithms import MetaLearner
 from .execution import LOCAL, Execution
-from .inner import forward_adapted
+from .inner import check_batchnorm, forward_adapted
 from .tasks import TaskBatch, check_count as _check_count
 
 __all__ = ["EvalResult", "evaluate", "confidence_interval", "adaptation_curve", "adapted_predictions"]
@@ -55,14 +55,17 @@ class EvalResult:
 
 
 def evaluate(learner: MetaLearner, sampler, *, n_tasks: int = 600, steps: int | None = None, batch_size: int = 32,
-             progress: bool = False, execution: Execution = LOCAL) -> EvalResult:
+             progress: bool = False, execution: Execution = LOCAL, batchnorm: str = "transductive") -> EvalResult:
     """Score ``learner`` on tasks ``0 .. n_tasks-1`` of ``sampler`` (a fixed, reproducible test set).
 
     ``steps`` is the number of adaptation steps at test time (the learner's own by default).
+    ``batchnorm``: ``"transductive"`` (a task's queries pass through the network together) or ``"inductive"``
+    (each query with the support set alone, :mod:`metalib.inner.inductive`); the result records it.
     ``execution`` splits the tasks over processes and gathers their scores before the interval is
     computed (:mod:`metalib.execution`; one process by default).
     """
     batch_size = _check_count("batch_size", batch_size)
+    check_batchnorm(batchnorm)
     idx = list(execution.eval_tasks(_check_count("n_tasks", n_tasks)))
     scores = []
     was_training = learner.training
@@ -70,15 +73,15 @@ def evaluate(learner: MetaLearner, sampler, *, n_tasks: int = 600, steps: int | 
     try:
         for start in tqdm(range(0, len(idx), batch_size), desc="evaluate", leave=False, disable=not progress):
             batch = sampler.batch(idx[start:start + batch_size])
-            scores.append(learner.evaluate_batch(batch, steps=steps).detach())
+            scores.append(learner.evaluate_batch(batch, steps=steps, batchnorm=batchnorm).detach())
     finally:
         learner.train(was_training)
     all_scores = torch.cat(scores) if scores else torch.empty(0)
     all_scores = execution.gather(all_scores)
     mean, ci = confidence_interval(all_scores)
     used_steps = steps if steps is not None else learner.test_steps
-    return EvalResult(learner.problem.score_name, mean, ci, all_scores.numel(), used_steps, learner.describe(),
-                      all_scores.cpu())
+    return EvalResult(learner.problem.score_name, mean, ci, all_scores.numel(), used_steps,
+                      {**learner.describe(), "batchnorm": batchnorm}, all_scores.cpu())
 
 
 def adaptation_curve(learner: MetaLearner, batch: TaskBatch, steps: int | Sequence[int]) -> Tensor:

@@ -129,6 +129,7 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
     done = start
     for step in bar:
         batch: TaskBatch = sampler.batch(execution.train_tasks(step, meta_batch))
+        learner.set_training_step(step, steps)
         grads, metrics = execution.reduce(*learner.meta_gradient(batch))
         _check_finite(step, metrics, grads)
         for k, p in params.items():

@@ -26,6 +26,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from .algorithms import ALGORITHMS, MetaLearner, make_learner
 from .distributed import (DEFAULT_TIMEOUT_S, DistContext, distributed_evaluate, distributed_meta_train,
                           init_distributed, prepare_once, shutdown_distributed)
+from .inner import BATCHNORM_MODES
 from .models import conv4, mlp
 from .checkpoints import check_writable
 from .errors import UserError
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--proximal", type=float, default=1.0,
                    help="imaml: lambda of the proximal term lambda/2 |phi - theta|^2 of the inner problem")
     g.add_argument("--cg-steps", type=int, default=5, help="imaml: conjugate-gradient iterations of the implicit gradient")
+    g.add_argument("--msl-steps", type=int, default=0,
+                   help="mamlpp: outer steps over which the multi-step loss anneals to the last step's loss")
+    g.add_argument("--first-order-steps", type=int, default=0,
+                   help="mamlpp: outer steps with first-order meta-gradients before second order")
     g.add_argument("--optimizer", choices=["adam", "sgd"], default=None,
                    help="outer optimiser (default: adam; sgd for reptile)")
     g.add_argument("--outer-lr", type=float, default=None,
@@ -114,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-steps", type=int, default=None, help="adaptation steps at test time (default: training's)")
     g.add_argument("--eval-ways", type=int, default=None, help="classes per validation/test episode (default: --ways)")
     g.add_argument("--eval-shots", type=int, default=None, help="shots of validation/test episodes (default: --shots)")
+    g.add_argument("--eval-batchnorm", choices=BATCHNORM_MODES, default="transductive",
+                   help="test evaluation: a task's queries through the network together (transductive) or each "
+                        "with the support set alone (inductive)")
     g.add_argument("--eval-queries", type=int, default=None,
                    help="queries per class of validation/test episodes (default: --queries)")
 
@@ -156,6 +164,10 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"{a.algorithm} has no inner loop: drop --inner-lr/--inner-steps")
     if a.algorithm == "imaml" and not (a.proximal > 0 and a.cg_steps >= 1):
         p.error(f"imaml needs --proximal > 0 and --cg-steps >= 1, got {a.proximal} and {a.cg_steps}")
+    if a.algorithm == "mamlpp" and (a.msl_steps < 0 or a.first_order_steps < 0):
+        p.error(f"--msl-steps and --first-order-steps must be >= 0, got {a.msl_steps} and {a.first_order_steps}")
+    if a.algorithm != "mamlpp" and (a.msl_steps or a.first_order_steps):
+        p.error("--msl-steps and --first-order-steps are MAML++ options: use --algorithm mamlpp")
     if a.algorithm == "pretrain" and a.inner_steps is not None:
         p.error("pretrain trains without inner steps; set test-time fine-tuning steps with --eval-steps")
 
@@ -180,6 +192,8 @@ def run_settings(a: argparse.Namespace) -> dict[str, object]:
         settings["steps"] = a.steps
     if a.algorithm == "imaml":  # only where they matter, so other runs' checkpoints keep their settings
         settings.update(proximal=a.proximal, cg_steps=a.cg_steps)
+    if a.algorithm == "mamlpp":
+        settings.update(msl_steps=a.msl_steps, first_order_steps=a.first_order_steps)
     return settings
 
 
@@ -217,7 +231,7 @@ def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
     if a.algorithm == "cnp":
         return make_learner("cnp", None, seed=a.seed).to(device)
     if a.algorithm == "attention":
-        kw["ways"] = max(a.ways, a.eval_ways or a.ways)
+        kw.update(ways=max(a.ways, a.eval_ways or a.ways), seed=a.seed)
     if a.algorithm not in NO_INNER_LOOP:
         if a.inner_lr is not None or a.dataset == "sinusoid":
             kw["inner_lr"] = a.inner_lr if a.inner_lr is not None else 0.01
@@ -226,6 +240,8 @@ def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
         kw["problem"] = "regression" if a.dataset == "sinusoid" else "classification"
         if a.algorithm == "imaml":
             kw.update(lam=a.proximal, cg_steps=a.cg_steps)
+        if a.algorithm == "mamlpp":
+            kw.update(msl_steps=a.msl_steps, first_order_steps=a.first_order_steps)
     if a.dataset == "sinusoid":
         model = mlp(seed=a.seed, device=device)
     else:
@@ -291,7 +307,7 @@ def _train(a: argparse.Namespace, evaluate_after: bool) -> tuple[MetaLearner, pd
             history.to_csv(a.history_csv, index=False)
         if evaluate_after and a.eval_tasks > 0:
             result = distributed_evaluate(learner, samplers["test"], n_tasks=a.eval_tasks, steps=a.eval_steps,
-                                          ctx=ctx, progress=a.progress)
+                                          ctx=ctx, progress=a.progress, batchnorm=a.eval_batchnorm)
             say(f"test {result}", flush=True)
     finally:
         shutdown_distributed()

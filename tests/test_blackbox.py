@@ -62,7 +62,7 @@ def test_cnp_is_invariant_to_the_support_order_and_fits_a_family_of_lines():
 
 def test_attention_learner_is_invariant_to_the_support_order_equivariant_in_queries_and_learns(pattern_images):
     images = pattern_images()
-    learner = attention_learner(conv4(0, hidden=16, seed=0), ways=5, width=64, heads=4, blocks=1)
+    learner = attention_learner(conv4(0, hidden=16, seed=0), ways=5, width=64, heads=4, blocks=1, seed=0)
     batch = EpisodeSampler(images, ways=5, shots=2, queries=3, seed=0).sample(0, 2)
     learner.eval()
     logits = learner.logits(batch)

@@ -43,11 +43,13 @@ def test_training_and_evaluation_run_on_cuda():
         assert 0.0 <= result.mean <= 1.0
 
 
-@pytest.mark.parametrize("name", ["imaml", "r2d2", "attention"])
+@pytest.mark.parametrize("name", ["imaml", "r2d2", "attention", "mamlpp", "protomaml"])
 def test_new_learners_match_cpu_on_cuda_in_float64(name):
-    from metalib.algorithms import attention_learner, imaml, r2d2
+    from metalib.algorithms import attention_learner, imaml, mamlpp, protomaml, r2d2
 
     make = {"imaml": lambda: imaml(conv4(5, hidden=8, seed=0), steps=3),
+            "mamlpp": lambda: mamlpp(conv4(5, hidden=8, seed=0), steps=2, msl_steps=10),
+            "protomaml": lambda: protomaml(conv4(5, hidden=8, seed=0), steps=2),
             "r2d2": lambda: r2d2(conv4(0, hidden=8, seed=0)),
             "attention": lambda: attention_learner(conv4(0, hidden=8, seed=0), ways=5, width=16, heads=2, blocks=1)}[name]
     batch = _sampler("cpu").batch(range(3))
@@ -56,3 +58,12 @@ def test_new_learners_match_cpu_on_cuda_in_float64(name):
     g_gpu, _ = make().double().cuda().meta_gradient(batch64.to("cuda"))
     for k in g_cpu:
         torch.testing.assert_close(g_gpu[k].cpu(), g_cpu[k], rtol=1e-7, atol=1e-9)
+
+
+def test_inductive_evaluation_matches_cpu_on_cuda():
+    from metalib.algorithms import maml
+    learner = maml(conv4(5, hidden=8, seed=0), steps=1)
+    batch = _sampler("cpu").batch(range(3))
+    cpu = learner.double().evaluate_batch(batch.to(dtype=torch.float64), batchnorm="inductive")
+    gpu = learner.cuda().evaluate_batch(batch.to("cuda").to(dtype=torch.float64), batchnorm="inductive")
+    torch.testing.assert_close(gpu.cpu(), cpu)

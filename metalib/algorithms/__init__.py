@@ -3,7 +3,8 @@
 
 =============  ======================================================
 ``base``       ``MetaLearner``: the contract training and evaluation use
-``gradient``   MAML, FOMAML, Meta-SGD, ANIL, joint pre-training
+``gradient``   MAML, FOMAML, Meta-SGD, ANIL, Proto-MAML, joint pre-training
+``mamlpp``     MAML++: per-step learning rates and BatchNorm, multi-step loss, derivative-order annealing
 ``reptile``    Reptile
 ``imaml``      iMAML: the implicit meta-gradient (conjugate gradient on Hessian-vector products)
 ``protonet``   Prototypical Networks
@@ -17,7 +18,8 @@ from torch import nn
 
 from ..errors import ArgumentError
 from .base import MetaLearner
-from .gradient import GradientMetaLearner, anil, fomaml, maml, metasgd, pretrain
+from .gradient import GradientMetaLearner, anil, fomaml, maml, metasgd, pretrain, protomaml
+from .mamlpp import MAMLPlusPlus, mamlpp
 from .blackbox import CNP, AttentionLearner, attention_learner, cnp
 from .imaml import IMAML, imaml
 from .protonet import ProtoNet, protonet
@@ -25,9 +27,10 @@ from .ridge import R2D2, r2d2
 from .reptile import Reptile, reptile
 
 __all__ = ["MetaLearner", "GradientMetaLearner", "Reptile", "ProtoNet", "maml", "fomaml", "metasgd", "anil",
-           "reptile", "protonet", "r2d2", "R2D2", "imaml", "IMAML", "cnp", "CNP", "attention_learner", "AttentionLearner", "pretrain", "make_learner", "ALGORITHMS"]
+           "reptile", "protonet", "mamlpp", "MAMLPlusPlus", "protomaml", "r2d2", "R2D2", "imaml", "IMAML", "cnp", "CNP", "attention_learner", "AttentionLearner", "pretrain", "make_learner", "ALGORITHMS"]
 
-ALGORITHMS = {"maml": maml, "fomaml": fomaml, "metasgd": metasgd, "anil": anil, "imaml": imaml, "reptile": reptile,
+ALGORITHMS = {"maml": maml, "fomaml": fomaml, "metasgd": metasgd, "anil": anil, "mamlpp": mamlpp,
+              "protomaml": protomaml, "imaml": imaml, "reptile": reptile,
               "protonet": protonet, "r2d2": r2d2, "attention": attention_learner, "cnp": cnp, "pretrain": pretrain}
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ArgumentError
-from ..inner import forward_adapted
+from ..inner import check_batchnorm, forward_adapted, forward_inductive, per_query
 from ..models import BATCHNORM_MODE
 from ..problems import CLASSIFICATION, Problem
 from ..tasks import TaskBatch
@@ -20,9 +20,11 @@ class MetaLearner(nn.Module):
     * ``meta_parameters() -> dict``: what the outer optimiser updates, keyed by name;
     * ``meta_gradient(batch) -> (grads, metrics)``: gradients for ``meta_parameters()`` (same keys),
       averaged over the tasks of the batch, and detached per-batch metrics;
-    * ``evaluate_batch(batch, steps=None) -> scores [B]``: adapt (``steps`` at test time) and score
-      each task's query set;
-    * ``default_optimizer(name=None, lr=None)`` and ``test_steps``: the learner's own defaults.
+    * ``evaluate_batch(batch, steps=None, batchnorm="transductive") -> scores [B]``: adapt (``steps`` at test
+      time) and score each task's query set, its queries together or each on its own (``"inductive"``,
+      :mod:`metalib.inner.inductive`);
+    * ``default_optimizer(name=None, lr=None)`` and ``test_steps``: the learner's own defaults;
+    * ``set_training_step(step, total)``: the outer step about to run (a no-op unless training is scheduled).
     """
 
     problem: Problem = CLASSIFICATION
@@ -35,8 +37,18 @@ class MetaLearner(nn.Module):
     def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
         raise NotImplementedError
 
-    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
+    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
         raise NotImplementedError
+
+    def inductive_scores(self, model: nn.Module, adapted: dict[str, Tensor], batch: TaskBatch) -> Tensor:
+        """Query scores ``[B]`` of ``model`` with ``adapted`` parameters, each query seen with the support set only."""
+        with torch.no_grad():
+            out = forward_inductive(model, adapted, batch.support_x, batch.query_x)
+        return self.problem.task_score(out, batch.query_y)
+
+    def set_training_step(self, step: int, total: int) -> None:
+        """Called by :func:`~metalib.train.meta_train` before outer step ``step`` of ``total``: learners whose
+        training changes over the run (MAML++'s annealing) follow it; a function of the step, so resuming is exact."""
 
     def default_optimizer(self, name: str | None = None, lr: float | None = None) -> torch.optim.Optimizer:
         """Adam (default lr 1e-3) or SGD (default lr 1.0), Adam unless the learner says otherwise (Reptile: SGD
@@ -79,9 +91,11 @@ class EpisodeClassifier(MetaLearner):
         score = self.problem.task_score(logits.detach(), batch.query_y).mean()
         return self._grads(loss), {"loss": loss.item(), self.problem.score_name: score.item()}
 
-    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
+    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
         with torch.no_grad():
-            return self.problem.task_score(self.logits(batch), batch.query_y)
+            inductive = check_batchnorm(batchnorm) == "inductive"
+            return self.problem.task_score(per_query(self.logits, batch) if inductive else self.logits(batch),
+                                           batch.query_y)
 
 
 def make_torch_optimizer(params: list[nn.Parameter], name: str, lr: float | None,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ArgumentError
+from ..inner import check_batchnorm
 from ..problems import GAUSSIAN
 from ..tasks import TaskBatch
 from ..types import Grads
@@ -58,7 +59,9 @@ class CNP(MetaLearner):
         score = self.problem.task_score(out.detach(), batch.query_y).mean()
         return self._grads(loss), {"loss": loss.item(), self.problem.score_name: score.item()}
 
-    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
+    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
+        """Both BatchNorm modes are the same here: the CNP has no batch statistics and its queries are independent."""
+        check_batchnorm(batchnorm)
         with torch.no_grad():
             return self.problem.task_score(self.predict(batch.support_x, batch.support_y, batch.query_x), batch.query_y)
 
@@ -106,10 +109,14 @@ class AttentionLearner(EpisodeClassifier):
 
 
 def attention_learner(model: nn.Module, *, ways: int = 5, width: int = 128, heads: int = 4, blocks: int = 2,
-                      embedding_dim: int | None = None) -> AttentionLearner:
+                      embedding_dim: int | None = None, seed: int | None = None) -> AttentionLearner:
     """The attention black-box learner on an embedding model; ``embedding_dim`` defaults to the model's
-    ``embedding_dim`` attribute (conv4's)."""
+    ``embedding_dim`` attribute (conv4's). ``seed`` fixes the initialisation of the layers it adds (the
+    embedding model brings its own)."""
     dim = embedding_dim or getattr(model, "embedding_dim", None)
     if dim is None:
         raise ArgumentError("pass embedding_dim: the model has no embedding_dim attribute")
-    return AttentionLearner(model, ways, dim, width=width, heads=heads, blocks=blocks)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return AttentionLearner(model, ways, dim, width=width, heads=heads, blocks=blocks)

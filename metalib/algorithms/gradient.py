@@ -5,6 +5,7 @@ MAML        second-order meta-gradient through ``steps`` inner SGD steps
 FOMAML      the same with inner gradients treated as constants (``first_order=True``)
 Meta-SGD    MAML plus a learned inner learning rate per parameter entry
 ANIL        MAML that adapts only the head; the body is shared and fixed per task
+Proto-MAML  MAML whose head starts from the task's class prototypes
 pretrain    0 inner steps in training (joint training), fine-tuned at test time
 ==========  =========================================================================
 """
@@ -16,14 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ArgumentError
-from ..inner import InnerConfig, adapt, task_losses
+from ..inner import InnerConfig, adapt, check_batchnorm, task_losses
 from ..models import split_body_head
 from ..problems import Problem, get_problem
 from ..tasks import TaskBatch
 from ..types import Grads, Params
 from .base import MetaLearner
 
-__all__ = ["GradientMetaLearner", "maml", "fomaml", "metasgd", "anil", "pretrain"]
+__all__ = ["GradientMetaLearner", "maml", "fomaml", "metasgd", "anil", "protomaml", "pretrain"]
 
 _LR_PREFIX = "inner_lr."
 
@@ -32,7 +33,8 @@ class GradientMetaLearner(MetaLearner):
     """One class, several configurations of :class:`~metalib.inner.InnerConfig`.
 
     ``learn_lr=True`` (Meta-SGD) adds a learned inner learning rate per entry of every adapted
-    parameter, initialised to ``inner.lr``. Meta-parameters are keyed by the model's own parameter
+    parameter; with ``inner.lr_per_step`` (MAML++) one learned rate per adapted parameter tensor and inner
+    step instead. Both start at ``inner.lr``. Meta-parameters are keyed by the model's own parameter
     names, and ``inner_lr.<name>`` for learned learning rates.
     """
 
@@ -43,11 +45,15 @@ class GradientMetaLearner(MetaLearner):
         self.problem = inner.problem
         self.name = name
         names = inner.adapt if inner.adapt is not None else [k for k, _ in model.named_parameters()]
+        if inner.lr_per_step and not learn_lr:
+            raise ArgumentError("lr_per_step needs learned learning rates (learn_lr=True)")
         self.inner_lrs = nn.ParameterDict()  # state_dict names: inner_lrs.<name with '.' -> '__'>
         if learn_lr:
             for k, p in model.named_parameters():
                 if k in names:
-                    self.inner_lrs[k.replace(".", "__")] = nn.Parameter(torch.full_like(p.detach(), inner.lr))
+                    init = torch.full((max(inner.steps, 1),), inner.lr, dtype=p.dtype, device=p.device) \
+                        if inner.lr_per_step else torch.full_like(p.detach(), inner.lr)
+                    self.inner_lrs[k.replace(".", "__")] = nn.Parameter(init)
 
     @property
     def test_steps(self) -> int:
@@ -74,14 +80,17 @@ class GradientMetaLearner(MetaLearner):
         return self._grads(loss), {"loss": loss.item(), self.problem.score_name: scores.mean().item()}
 
     def _frozen(self, steps: int | None) -> tuple[InnerConfig, Params, Params | None]:
-        """Test-time settings: first-order, ``steps`` steps, detached meta-parameters."""
-        cfg = replace(self.inner, first_order=True, steps=self.inner.steps if steps is None else steps)
+        """Test-time settings: first-order, ``steps`` steps, no multi-step loss, detached meta-parameters."""
+        cfg = replace(self.inner, first_order=True, steps=self.inner.steps if steps is None else steps,
+                      step_weights=None)
         lrs = self.lrs()
         return cfg, {k: v.detach() for k, v in self.params().items()}, \
             None if lrs is None else {k: v.detach() for k, v in lrs.items()}
 
-    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
+    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
         cfg, params, lrs = self._frozen(steps)
+        if check_batchnorm(batchnorm) == "inductive":
+            return self.inductive_scores(self.model, adapt(self.model, params, batch, cfg, lrs), batch)
         return task_losses(self.model, params, batch, cfg, lrs)[1]
 
     def adapt(self, batch: TaskBatch, steps: int | None = None) -> Params:
@@ -122,6 +131,19 @@ def anil(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_order
         raise ArgumentError("ANIL needs a model with 'head.*' parameters (see metalib.models)")
     cfg = InnerConfig(steps, inner_lr, first_order, tuple(head), strategy, get_problem(problem))
     return GradientMetaLearner(model, cfg, name="anil")
+
+
+def protomaml(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_order: bool = False,
+              problem: str | Problem = "classification", strategy: str = "auto") -> GradientMetaLearner:
+    """Proto-MAML (Triantafillou et al., 2020): MAML whose linear head starts, for each task, as the ProtoNet of
+    its support set (``W_c = 2 c_c``, ``b_c = -|c_c|^2``), then adapts with the body. The model's own head
+    parameters only give the head's shape (their meta-gradient is zero); the prototypes carry the meta-gradient
+    into the body even when ``first_order``."""
+    _, head = split_body_head(dict(model.named_parameters()))
+    if sorted(head) != ["head.bias", "head.weight"]:
+        raise ArgumentError("Proto-MAML needs a model with a linear head 'head.weight', 'head.bias' (e.g. conv4(5))")
+    cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem), head_init="prototypes")
+    return GradientMetaLearner(model, cfg, name="protomaml")
 
 
 def pretrain(model: nn.Module, *, inner_lr: float = 0.01, problem: str | Problem = "classification",

@@ -6,7 +6,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from ..inner import InnerConfig, adapt, forward_adapted, task_losses
+from ..inner import InnerConfig, adapt, check_batchnorm, forward_adapted, task_losses
 from ..problems import Problem, get_problem
 from ..tasks import TaskBatch
 from ..types import Grads
@@ -48,9 +48,11 @@ class Reptile(MetaLearner):
         scores = self.problem.task_score(out, batch.query_y)
         return grads, {self.problem.score_name: scores.mean().item()}
 
-    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
+    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
         cfg = replace(self.inner, steps=self.inner.steps if steps is None else steps)
         params = {k: v.detach() for k, v in self.model.named_parameters()}
+        if check_batchnorm(batchnorm) == "inductive":
+            return self.inductive_scores(self.model, adapt(self.model, params, batch, cfg), batch)
         return task_losses(self.model, params, batch, cfg)[1]
 
     def describe(self) -> dict[str, object]:

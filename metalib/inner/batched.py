@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..tasks import TaskBatch
 from ..types import Params
-from .core import InnerConfig, LearningRate, inner_sgd
+from .core import InnerConfig, LearningRate, at_step, inner_path, prototype_head, query_loss
 from .one_task import head_only
 
 
@@ -25,28 +25,38 @@ class BatchedEngine:
         self.channels_last = channels_last
 
     def _adapt(self, model: nn.Module, params: Params, lr: LearningRate, x: Tensor, y: Tensor, cfg: InnerConfig,
-               names: list[str]) -> tuple[Params, Callable[[Params, Tensor], Tensor]]:
+               names: list[str]) -> tuple[list[Params], Callable[[Params, Tensor, int], Tensor]]:
+        """The adapted parameters (:func:`~metalib.inner.core.inner_path`) and ``forward(params, x, step)``."""
         B, cl = x.shape[0], self.channels_last
         fixed = {k: v for k, v in params.items() if k not in names}
         fast = {k: params[k].expand(B, *params[k].shape) for k in names}
-        if head_only(model, names):
+        if head_only(model, names) and not cfg.per_step:
             features = model.embed_tasks(params, x, False, cl)
-            fast = inner_sgd(lambda p: cfg.problem.task_loss(model.head_tasks(p, features), y).sum(),
-                             fast, lr, cfg.steps, cfg.first_order, cfg.proximal)
-            return {**fixed, **fast}, lambda p, inp: model.head_tasks(p, model.embed_tasks(p, inp, False, cl))
+            if cfg.head_init:
+                fast.update(prototype_head(features, y, fast))
+            path = inner_path(lambda p, i: cfg.problem.task_loss(model.head_tasks(p, features), y).sum(), fast, lr, cfg)
+            return [{**fixed, **p} for p in path], lambda p, inp, i: model.head_tasks(p, model.embed_tasks(p, inp, False, cl))
+        if cfg.head_init:
+            fast.update(prototype_head(model.embed_tasks(at_step(params, cfg.per_step, 0), x, False, cl), y, fast))
         second_order = not cfg.first_order  # the support passes' graphs are differentiated again
-        fast = inner_sgd(lambda p: cfg.problem.task_loss(model.forward_tasks({**fixed, **p}, x, second_order, cl), y).sum(),
-                         fast, lr, cfg.steps, cfg.first_order, cfg.proximal)
-        return {**fixed, **fast}, lambda p, inp: model.forward_tasks(p, inp, False, cl)
+        path = inner_path(lambda p, i: cfg.problem.task_loss(
+            model.forward_tasks(at_step({**fixed, **p}, cfg.per_step, i), x, second_order, cl), y).sum(), fast, lr, cfg)
+        return [{**fixed, **p} for p in path], \
+            lambda p, inp, i: model.forward_tasks(at_step(p, cfg.per_step, i), inp, False, cl)
 
     def adapt(self, model: nn.Module, params: Params, lr: LearningRate, support_x: Tensor, support_y: Tensor,
               cfg: InnerConfig, names: list[str]) -> Params:
         B = support_x.shape[0]
-        fast = self._adapt(model, params, lr, support_x, support_y, cfg, names)[0]
-        return {k: v if v.dim() > params[k].dim() else v.expand(B, *v.shape) for k, v in fast.items()}
+        fast = at_step(self._adapt(model, params, lr, support_x, support_y, cfg, names)[0][-1], cfg.per_step, cfg.steps)
+        return {k: v if v.dim() > params[k].dim() - (k in cfg.per_step) else v.expand(B, *v.shape)
+                for k, v in fast.items()}
 
     def task_losses(self, model: nn.Module, params: Params, lr: LearningRate, batch: TaskBatch, cfg: InnerConfig,
                     names: list[str]) -> tuple[Tensor, Tensor]:
-        fast, fwd = self._adapt(model, params, lr, batch.support_x, batch.support_y, cfg, names)
-        out = fwd(fast, batch.query_x)
-        return cfg.problem.task_loss(out, batch.query_y), cfg.problem.task_score(out.detach(), batch.query_y)
+        path, fwd = self._adapt(model, params, lr, batch.support_x, batch.support_y, cfg, names)
+
+        def evaluate(p: Params, step: int) -> tuple[Tensor, Tensor]:
+            out = fwd(p, batch.query_x, step)
+            return cfg.problem.task_loss(out, batch.query_y), out
+        loss, out = query_loss(evaluate, path, cfg)
+        return loss, cfg.problem.task_score(out.detach(), batch.query_y)

@@ -7,7 +7,12 @@ Every gradient-based algorithm in metalib is an :class:`InnerConfig` of this loo
 * ``first_order=True`` treats the inner gradients as constants (FOMAML, Reptile);
 * ``adapt`` names the parameters that move (all by default; the head for ANIL);
 * ``proximal`` (``lambda``) adds ``lambda / 2 * |phi - theta|^2`` to the support loss, pulling each task's
-  weights ``phi`` towards the shared start ``theta`` (iMAML's regularised inner problem).
+  weights ``phi`` towards the shared start ``theta`` (iMAML's regularised inner problem);
+* MAML++'s options: ``lr_per_step`` (each learning-rate tensor has one entry per step: learned per-step,
+  per-layer rates), ``per_step`` (parameters that do not adapt but have one value per step, e.g. BatchNorm
+  weights: ``[steps + 1, *shape]``, the last for the query pass) and ``step_weights`` (the multi-step loss: the
+  query loss after every step, weighted);
+* ``head_init="prototypes"`` starts each task's linear head from its class prototypes (Proto-MAML).
 
 :func:`adapt` and :func:`task_losses` take a whole meta-batch (a :class:`~metalib.tasks.TaskBatch`)
 and hand it to an *engine* (:mod:`metalib.inner.select`) that decides how the tasks are executed:
@@ -27,7 +32,9 @@ from ..problems import CLASSIFICATION, Problem
 from ..tasks import TaskBatch
 from ..types import Params
 
-__all__ = ["InnerConfig", "sgd_step", "with_proximal", "inner_sgd", "adapt", "task_losses", "STRATEGIES"]
+__all__ = ["InnerConfig", "sgd_step", "with_proximal", "lr_at", "at_step", "inner_sgd", "inner_path", "query_loss",
+           "prototype_head", "adapt",
+           "task_losses", "STRATEGIES"]
 
 Strategy = Literal["auto", "batched", "vmap", "loop", "threads"]
 STRATEGIES = ("auto", "batched", "vmap", "loop", "threads")
@@ -45,6 +52,10 @@ class InnerConfig:
     strategy: Strategy = "auto"           # the engine; "auto" picks one by device and model
     problem: Problem = field(default=CLASSIFICATION)
     proximal: float = 0.0                 # lambda of the proximal term; 0 = plain support loss
+    lr_per_step: bool = False             # learning-rate tensors are [steps, ...]: one rate per step
+    per_step: tuple[str, ...] = ()        # fixed parameters given as [steps + 1, *shape]: one value per step
+    step_weights: tuple[float, ...] | None = None  # multi-step loss: weights of the query losses after steps 1..n
+    head_init: str | None = None          # "prototypes": each task's head starts from its class prototypes
 
     def __post_init__(self):
         if self.steps < 0:
@@ -53,6 +64,10 @@ class InnerConfig:
             raise ArgumentError(f"the proximal weight must be >= 0, got {self.proximal}")
         if self.strategy not in STRATEGIES:
             raise ArgumentError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.step_weights is not None and len(self.step_weights) != self.steps:
+            raise ArgumentError(f"step_weights needs one weight per inner step ({self.steps}), got {len(self.step_weights)}")
+        if self.head_init not in (None, "prototypes"):
+            raise ArgumentError(f"head_init must be None or 'prototypes', got {self.head_init!r}")
 
 
 def sgd_step(params: Params, grads: Mapping[str, Tensor], lr: LearningRate) -> Params:
@@ -62,26 +77,84 @@ def sgd_step(params: Params, grads: Mapping[str, Tensor], lr: LearningRate) -> P
     return {k: w - (lr[k] if isinstance(lr, Mapping) else lr) * grads[k] for k, w in params.items()}
 
 
-def with_proximal(loss: Callable[[Params], Tensor], start: Params, weight: float) -> Callable[[Params], Tensor]:
-    """``loss(p) + weight / 2 * sum |p - start|^2`` (over every tensor of ``p``; per-task slices of a batched
+def with_proximal(loss: Callable[[Params, int], Tensor], start: Params,
+                  weight: float) -> Callable[[Params, int], Tensor]:
+    """``loss(p, step) + weight / 2 * sum |p - start|^2`` (over every tensor of ``p``; per-task slices of a batched
     ``p`` each get their own term); ``loss`` itself when ``weight`` is 0."""
     if not weight:
         return loss
-    return lambda p: loss(p) + 0.5 * weight * sum((p[k] - start[k]).pow(2).sum() for k in p)
+    return lambda p, i: loss(p, i) + 0.5 * weight * sum((p[k] - start[k]).pow(2).sum() for k in p)
 
 
-def inner_sgd(loss: Callable[[Params], Tensor], params: Params, lr: LearningRate, steps: int,
-              first_order: bool = False, proximal: float = 0.0) -> Params:
-    """``steps`` SGD steps on ``loss(params)`` (plus the ``proximal`` term around the starting ``params``). The
-    graph of each step is kept (``create_graph``) unless ``first_order``, so the result is differentiable with
-    respect to the starting ``params`` and ``lr``."""
+def lr_at(lr: LearningRate, step: int, per_step: bool) -> LearningRate:
+    """The learning rate of inner step ``step``: ``lr`` itself, or entry ``step`` of each per-step tensor
+    (the last one past the end, e.g. for more steps at test time than in training)."""
+    if not per_step:
+        return lr
+    if isinstance(lr, Mapping):
+        return {k: v[min(step, len(v) - 1)] for k, v in lr.items()}
+    return lr[min(step, len(lr) - 1)] if isinstance(lr, Tensor) else lr
+
+
+def at_step(params: Params, names: tuple[str, ...], step: int) -> Params:
+    """``params`` with each per-step parameter in ``names`` (``[steps + 1, *shape]``) replaced by its value at
+    ``step`` (the last one past the end)."""
+    if not names:
+        return params
+    return {k: v[min(step, len(v) - 1)] if k in names else v for k, v in params.items()}
+
+
+def inner_sgd(loss: Callable[[Params, int], Tensor], params: Params, lr: LearningRate, steps: int,
+              first_order: bool = False, proximal: float = 0.0, lr_per_step: bool = False,
+              trajectory: bool = False) -> Params | list[Params]:
+    """``steps`` SGD steps on ``loss(params, step)`` (plus the ``proximal`` term around the starting ``params``).
+    The graph of each step is kept (``create_graph``) unless ``first_order``, so the result is differentiable
+    with respect to the starting ``params`` and ``lr``. ``trajectory=True`` returns the parameters before the
+    first step and after every step (``steps + 1`` dicts) instead of the last ones."""
     loss = with_proximal(loss, params, proximal)
-    for _ in range(steps):
+    # each parameter its own variable: the inner gradient is the partial derivative even where start values
+    # depend on each other (Proto-MAML's head is a function of the body)
+    if torch.is_grad_enabled():  # (a view made under no_grad would be a leaf that autograd cannot use)
+        params = {k: w.view_as(w) if w.requires_grad else w for k, w in params.items()}
+    path = [params]
+    for i in range(steps):
         with torch.enable_grad():
             params = {k: w if w.requires_grad else w.detach().requires_grad_() for k, w in params.items()}
-            grads = torch.autograd.grad(loss(params), list(params.values()), create_graph=not first_order)
-        params = sgd_step(params, dict(zip(params, grads)), lr)
-    return params
+            grads = torch.autograd.grad(loss(params, i), list(params.values()), create_graph=not first_order)
+        params = sgd_step(params, dict(zip(params, grads)), lr_at(lr, i, lr_per_step))
+        if trajectory:
+            path.append(params)
+    return path if trajectory else params
+
+
+def inner_path(loss: Callable[[Params, int], Tensor], params: Params, lr: LearningRate, cfg: InnerConfig) -> list[Params]:
+    """:func:`inner_sgd` as ``cfg`` configures it: the adapted parameters as ``[final]``, or every step's
+    (``steps + 1`` dicts) when the multi-step loss needs them."""
+    out = inner_sgd(loss, params, lr, cfg.steps, cfg.first_order, cfg.proximal, cfg.lr_per_step,
+                    trajectory=cfg.step_weights is not None)
+    return out if isinstance(out, list) else [out]
+
+
+def query_loss(evaluate: Callable[[Params, int], tuple[Tensor, Tensor]], path: list[Params],
+               cfg: InnerConfig) -> tuple[Tensor, Tensor]:
+    """``(loss, output)`` of the query set after the last step (``evaluate(params, step) -> (loss, output)``, with
+    ``path`` as :func:`inner_path` returns it); with ``cfg.step_weights`` (the multi-step loss) the loss is the
+    weighted sum of the query losses after every step."""
+    loss, out = evaluate(path[-1], cfg.steps)
+    if cfg.step_weights:
+        loss = cfg.step_weights[-1] * loss + sum(w * evaluate(p, i)[0] for i, (w, p) in
+                                                 enumerate(zip(cfg.step_weights[:-1], path[1:-1]), start=1) if w)
+    return loss, out
+
+
+def prototype_head(features: Tensor, y: Tensor, head: Params) -> Params:
+    """Proto-MAML's head: a linear layer that computes ProtoNets' logits, ``W_c = 2 c_c``, ``b_c = -|c_c|^2``
+    (``-|x - c_c|^2`` up to a term equal for every class), from support ``features`` ``[..., n, D]`` and labels
+    ``[..., n]``; ``head`` (``head.weight``, ``head.bias``) gives the number of classes and the names."""
+    ways = head["head.weight"].shape[-2]
+    onehot = torch.nn.functional.one_hot(y, ways).to(features.dtype)  # [..., n, N]
+    protos = onehot.transpose(-1, -2) @ features / onehot.sum(-2).clamp_min(1).unsqueeze(-1)  # [..., N, D]
+    return {"head.weight": 2 * protos, "head.bias": -protos.pow(2).sum(-1)}
 
 
 def adapt(model: nn.Module, params: Params, batch: TaskBatch, cfg: InnerConfig,

@@ -8,10 +8,11 @@ from torch.func import functional_call, grad
 
 from ..models import BodyHeadModel, TaskBatchedModel
 from ..types import Params
-from .core import InnerConfig, LearningRate, inner_sgd, sgd_step, with_proximal
+from .core import (InnerConfig, LearningRate, at_step, inner_path, lr_at, prototype_head, query_loss, sgd_step,
+                   with_proximal)
 
 Forward = Callable[..., Tensor]
-SGD = Callable[[Callable[[Params], Tensor], Params, LearningRate, InnerConfig], Params]
+SGD = Callable[[Callable[[Params, int], Tensor], Params, LearningRate, InnerConfig], list[Params]]
 
 
 def forward(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -19,20 +20,22 @@ def forward(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
     return functional_call(model, dict(params), (x,))
 
 
-def autograd_sgd(loss: Callable[[Params], Tensor], fast: Params, lr: LearningRate, cfg: InnerConfig) -> Params:
-    """The inner loop with ``torch.autograd.grad`` (per-task and batched engines)."""
-    return inner_sgd(loss, fast, lr, cfg.steps, cfg.first_order, cfg.proximal)
+def autograd_sgd(loss: Callable[[Params, int], Tensor], fast: Params, lr: LearningRate, cfg: InnerConfig) -> list[Params]:
+    """The inner loop with ``torch.autograd.grad`` (per-task and batched engines), as :func:`inner_path`."""
+    return inner_path(loss, fast, lr, cfg)
 
 
-def functorch_sgd(loss: Callable[[Params], Tensor], fast: Params, lr: LearningRate, cfg: InnerConfig) -> Params:
+def functorch_sgd(loss: Callable[[Params, int], Tensor], fast: Params, lr: LearningRate, cfg: InnerConfig) -> list[Params]:
     """The same steps with ``torch.func.grad``, which works inside ``vmap``."""
     loss = with_proximal(loss, fast, cfg.proximal)
-    for _ in range(cfg.steps):
-        grads = grad(loss)(fast)
+    path = [fast]
+    for i in range(cfg.steps):
+        grads = grad(lambda p: loss(p, i))(fast)
         if cfg.first_order:
             grads = {k: g.detach() for k, g in grads.items()}
-        fast = sgd_step(fast, grads, lr)
-    return fast
+        fast = sgd_step(fast, grads, lr_at(lr, i, cfg.lr_per_step))
+        path.append(fast)
+    return path if cfg.step_weights is not None else [fast]
 
 
 def head_only(model: nn.Module, names: list[str]) -> bool:
@@ -59,18 +62,31 @@ def one_task_forwards(model: nn.Module, native: bool, channels_last: bool = Fals
 
 def adapt_one(model: nn.Module, params: Params, lr: LearningRate, x: Tensor, y: Tensor, cfg: InnerConfig,
               names: list[str], sgd: SGD, native: bool = False,
-              channels_last: bool = False) -> tuple[Params, Callable[[Params, Tensor], Tensor]]:
-    """Adapt one task; returns the adapted parameters and the forward function they go with."""
+              channels_last: bool = False) -> tuple[list[Params], Callable[[Params, Tensor, int], Tensor]]:
+    """Adapt one task; returns its adapted parameters (``[final]``, or every step's for the multi-step loss) and
+    ``forward(params, x, step)``."""
     fwd, embed, head = one_task_forwards(model, native, channels_last)
     fixed = {k: v for k, v in params.items() if k not in names}
     fast = {k: params[k] for k in names}
-    if head_only(model, names):
+    if head_only(model, names) and not cfg.per_step:
         features = embed(params, x)  # the body is fixed: its features are computed once per task
-        fast = sgd(lambda p: cfg.problem.loss(head(p, features), y), fast, lr, cfg)
-        return {**fixed, **fast}, lambda p, inp: head(p, embed(p, inp))
+        if cfg.head_init:
+            fast.update(prototype_head(features, y, fast))
+        path = sgd(lambda p, i: cfg.problem.loss(head(p, features), y), fast, lr, cfg)
+        return [{**fixed, **p} for p in path], lambda p, inp, i: head(p, embed(p, inp))
+    if cfg.head_init:
+        fast.update(prototype_head(embed(at_step(params, cfg.per_step, 0), x), y, fast))
     second_order = not cfg.first_order  # the support passes' graphs are differentiated again
-    fast = sgd(lambda p: cfg.problem.loss(fwd({**fixed, **p}, x, second_order), y), fast, lr, cfg)
-    return {**fixed, **fast}, fwd
+    path = sgd(lambda p, i: cfg.problem.loss(fwd(at_step({**fixed, **p}, cfg.per_step, i), x, second_order), y),
+               fast, lr, cfg)
+    return [{**fixed, **p} for p in path], lambda p, inp, i: fwd(at_step(p, cfg.per_step, i), inp)
+
+
+def adapted_one(model: nn.Module, params: Params, lr: LearningRate, x: Tensor, y: Tensor, cfg: InnerConfig,
+                names: list[str], sgd: SGD, native: bool = False, channels_last: bool = False) -> Params:
+    """One task's final adapted parameters (per-step parameters at their last step)."""
+    path, _ = adapt_one(model, params, lr, x, y, cfg, names, sgd, native, channels_last)
+    return at_step(path[-1], cfg.per_step, cfg.steps)
 
 
 def is_native(model: nn.Module) -> bool:
@@ -78,10 +94,14 @@ def is_native(model: nn.Module) -> bool:
 
 
 def one_task_loss(model: nn.Module, params: Params, lr: LearningRate, sx: Tensor, sy: Tensor, qx: Tensor,
-                  qy: Tensor, cfg: InnerConfig, names: list[str], native: bool,
+                  qy: Tensor, cfg: InnerConfig, names: list[str], sgd: SGD = autograd_sgd, native: bool = False,
                   channels_last: bool = False) -> tuple[Tensor, Tensor]:
-    """One task: adapt on its support set, then its query loss (differentiable) and score (detached)."""
-    fast, fwd = adapt_one(model, params, lr, sx, sy, cfg, names, autograd_sgd, native, channels_last)
-    out = fwd(fast, qx)
-    return cfg.problem.loss(out, qy), cfg.problem.score(out.detach(), qy)
+    """One task: adapt on its support set, then its query loss (differentiable; the multi-step loss with
+    ``cfg.step_weights``) and score (detached)."""
+    path, fwd = adapt_one(model, params, lr, sx, sy, cfg, names, sgd, native, channels_last)
 
+    def evaluate(p: Params, step: int) -> tuple[Tensor, Tensor]:
+        out = fwd(p, qx, step)
+        return cfg.problem.loss(out, qy), out
+    loss, out = query_loss(evaluate, path, cfg)
+    return loss, cfg.problem.score(out.detach(), qy)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..tasks import TaskBatch
 from ..types import Params
 from .core import InnerConfig, LearningRate
-from .one_task import adapt_one, autograd_sgd, is_native, one_task_loss
+from .one_task import adapted_one, autograd_sgd, is_native, one_task_loss
 from .workers import chunks, map_chunks
 
 
@@ -77,7 +77,7 @@ class PerTaskEngine:
         native = is_native(model)
 
         def run(chunk: slice) -> list[Params]:
-            return [adapt_one(model, params, lr, x, y, cfg, names, autograd_sgd, native, self.channels_last)[0]
+            return [adapted_one(model, params, lr, x, y, cfg, names, autograd_sgd, native, self.channels_last)
                     for x, y in zip(support_x[chunk], support_y[chunk])]
         per_task = [p for part in map_chunks(run, chunks(len(support_x), self.parallel)) for p in part]
         return {k: torch.stack([p[k] for p in per_task]) for k in params}
@@ -92,7 +92,8 @@ class PerTaskEngine:
         def run(leaves: list[Tensor], i: int) -> tuple[Tensor, Tensor]:
             p = dict(zip(keys, leaves[:len(keys)]))
             task_lr = dict(zip(lr_keys, leaves[len(keys):])) if lr_keys else lr
-            return one_task_loss(model, p, task_lr, sx[i], sy[i], qx[i], qy[i], cfg, names, native, self.channels_last)
+            return one_task_loss(model, p, task_lr, sx[i], sy[i], qx[i], qy[i], cfg, names, autograd_sgd, native,
+                                 self.channels_last)
 
         parts = chunks(len(sx), self.parallel)
         if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):

@@ -7,7 +7,7 @@ from torch.func import vmap
 from ..tasks import TaskBatch
 from ..types import Params
 from .core import InnerConfig, LearningRate
-from .one_task import adapt_one, functorch_sgd
+from .one_task import adapted_one, functorch_sgd, one_task_loss
 
 
 class VmapEngine:
@@ -17,12 +17,9 @@ class VmapEngine:
 
     def adapt(self, model: nn.Module, params: Params, lr: LearningRate, support_x: Tensor, support_y: Tensor,
               cfg: InnerConfig, names: list[str]) -> Params:
-        return vmap(lambda x, y: adapt_one(model, params, lr, x, y, cfg, names, functorch_sgd)[0])(support_x, support_y)
+        return vmap(lambda x, y: adapted_one(model, params, lr, x, y, cfg, names, functorch_sgd))(support_x, support_y)
 
     def task_losses(self, model: nn.Module, params: Params, lr: LearningRate, batch: TaskBatch, cfg: InnerConfig,
                     names: list[str]) -> tuple[Tensor, Tensor]:
-        def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-            fast, fwd = adapt_one(model, params, lr, sx, sy, cfg, names, functorch_sgd)
-            out = fwd(fast, qx)
-            return cfg.problem.loss(out, qy), cfg.problem.score(out.detach(), qy)
-        return vmap(one)(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        return vmap(lambda sx, sy, qx, qy: one_task_loss(model, params, lr, sx, sy, qx, qy, cfg, names, functorch_sgd))(
+            batch.support_x, batch.support_y, batch.query_x, batch.query_y)

@@ -1,0 +1,105 @@
+"""MAML++ (Antoniou, Edwards and Storkey, 2019): MAML with the training fixes of "How to train your MAML".
+
+Each fix is an option of the one inner loop (:class:`~metalib.inner.InnerConfig`) or a schedule over the outer
+steps, not a second loop:
+
+=============================  ==========================================================================
+per-step per-layer lrs (LSLR)  ``lr_per_step``: one learned rate per adapted tensor and inner step
+per-step BatchNorm (BNWB)      ``per_step``: BatchNorm weights and biases with one value per inner step
+                               (``[steps + 1, C]``, the last for the query pass), meta-learned, not adapted
+multi-step loss (MSL)          ``step_weights``: the query loss after every step, weighted; the weights move
+                               to the last step over the first ``msl_steps`` outer steps
+derivative-order annealing     first-order meta-gradients for the first ``first_order_steps`` outer steps
+cosine annealing (CA)          the outer schedule: ``train_cli --lr-schedule cosine``
+=============================  ==========================================================================
+
+Both schedules are functions of the outer step alone (:meth:`MAMLPlusPlus.set_training_step`), so a resumed
+run is the same run. BatchNorm statistics stay per batch (transductive, or inductive at evaluation); the
+paper's per-step running statistics are not modelled.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from torch import Tensor, nn
+
+from ..errors import ArgumentError
+from ..inner import InnerConfig
+from ..models import TaskBatchNorm
+from ..problems import Problem, get_problem
+from ..tasks import TaskBatch
+from ..types import Grads, Params
+from .gradient import GradientMetaLearner
+
+__all__ = ["MAMLPlusPlus", "mamlpp", "msl_weights"]
+
+
+def msl_weights(steps: int, progress: float, floor: float = 0.03) -> tuple[float, ...]:
+    """Multi-step loss weights of the query losses after steps ``1..steps`` at ``progress`` in [0, 1] of the
+    annealing: uniform at 0; every step but the last decays linearly to ``floor / steps``; the last step takes
+    the rest (so the weights sum to one). Antoniou et al. anneal over their first 10 of 150 epochs."""
+    progress = min(max(progress, 0.0), 1.0)
+    early = [max((1.0 - progress) / steps, floor / steps)] * (steps - 1)
+    return (*early, 1.0 - sum(early))
+
+
+class MAMLPlusPlus(GradientMetaLearner):
+    """MAML with learned per-step per-layer inner learning rates, per-step BatchNorm weights, the multi-step loss
+    for the first ``msl_steps`` outer steps and first-order meta-gradients for the first ``first_order_steps``."""
+
+    def __init__(self, model: nn.Module, inner: InnerConfig, *, msl_steps: int = 0, first_order_steps: int = 0,
+                 per_step_bn: bool = True):
+        if inner.steps < 1:
+            raise ArgumentError(f"MAML++ needs at least one inner step, got {inner.steps}")
+        if msl_steps < 0 or first_order_steps < 0:
+            raise ArgumentError(f"msl_steps and first_order_steps must be >= 0, got {msl_steps}, {first_order_steps}")
+        bn = [f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, TaskBatchNorm) for p in ("weight", "bias")]
+        if per_step_bn and not bn:
+            raise ArgumentError("per-step BatchNorm needs a model with TaskBatchNorm layers (e.g. conv4)")
+        per_step = tuple(bn) if per_step_bn else ()
+        names = tuple(k for k, _ in model.named_parameters() if k not in per_step)
+        inner = replace(inner, lr_per_step=True, per_step=per_step, adapt=names if per_step else inner.adapt)
+        super().__init__(model, inner, learn_lr=True, name="maml++")
+        own = dict(model.named_parameters())
+        self.step_params = nn.ParameterDict({  # state_dict names: step_params.<name with '.' -> '__'>
+            k.replace(".", "__"): nn.Parameter(own[k].detach().expand(inner.steps + 1, *own[k].shape).clone())
+            for k in per_step})
+        self.msl_steps, self.first_order_steps = msl_steps, first_order_steps
+        self._step = 0
+
+    def params(self) -> Params:
+        own = {k: v for k, v in self.model.named_parameters() if k not in self.inner.per_step}
+        return {**own, **{k.replace("__", "."): v for k, v in self.step_params.items()}}
+
+    def set_training_step(self, step: int, total: int) -> None:
+        self._step = step
+
+    def training_config(self, step: int) -> InnerConfig:
+        """The inner loop of outer step ``step``: first-order before ``first_order_steps`` (unless the learner is
+        first-order throughout), the multi-step loss before ``msl_steps``."""
+        weights = msl_weights(self.inner.steps, step / self.msl_steps) if step < self.msl_steps else None
+        return replace(self.inner, first_order=self.inner.first_order or step < self.first_order_steps,
+                       step_weights=weights)
+
+    def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
+        losses, scores = self.query_losses(batch, self.training_config(self._step))
+        loss = losses.mean()
+        return self._grads(loss), {"loss": loss.item(), self.problem.score_name: scores.mean().item()}
+
+    def step_learning_rates(self) -> dict[str, Tensor]:
+        """The learned inner learning rates, ``{parameter: [steps]}`` (detached), e.g. to plot them."""
+        return {k: v.detach().clone() for k, v in (self.lrs() or {}).items()}
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "per_step_bn": bool(self.inner.per_step), "msl_steps": self.msl_steps,
+                "first_order_steps": self.first_order_steps}
+
+
+def mamlpp(model: nn.Module, *, inner_lr: float = 0.1, steps: int = 5, msl_steps: int = 0, first_order_steps: int = 0,
+           per_step_bn: bool = True, first_order: bool = False, problem: str | Problem = "classification",
+           strategy: str = "auto") -> MAMLPlusPlus:
+    """MAML++ with ``steps`` inner steps (5 in the paper) whose per-step, per-layer learning rates start at
+    ``inner_lr`` (0.1 in the paper); the multi-step loss anneals over the first ``msl_steps`` outer steps and the
+    meta-gradient is first-order for the first ``first_order_steps``."""
+    cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem))
+    return MAMLPlusPlus(model, cfg, msl_steps=msl_steps, first_order_steps=first_order_steps, per_step_bn=per_step_bn)

@@ -1,0 +1,215 @@
+"""MAML++ and Proto-MAML: options of the one inner loop, checked in float64 against a naive per-task loop.
+
+* MAML++ (per-step per-layer learned rates, per-step BatchNorm weights, the multi-step loss, second order): the
+  meta-gradient of every meta-parameter equals a hand-written loop under every strategy, and central finite
+  differences along a learned-rate direction; with every option off it is MAML's;
+* the schedules (multi-step-loss weights, first-order warm-up) follow the outer step that training reports;
+* Proto-MAML: the head starts as the ProtoNet of the support set (same predictions at 0 steps), and the
+  meta-gradient equals a naive loop that builds that head by hand.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from metalib.algorithms import maml, mamlpp, protomaml
+from metalib.algorithms.mamlpp import msl_weights
+from metalib.errors import ArgumentError
+from metalib.models import conv4
+
+from test_inner import flat, omniglot_like_batch
+
+STRATEGIES = ["batched", "vmap", "loop", "threads"]
+
+
+@pytest.fixture(autouse=True)
+def _float64_two_threads():
+    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(max(2, old_threads))  # the threads strategy needs >= 2 workers to be itself
+    yield
+    torch.set_default_dtype(old_dtype)
+    torch.set_num_threads(old_threads)
+
+
+def randomised_mamlpp(strategy: str, steps: int = 2):
+    """A MAML++ learner whose learned rates and per-step BatchNorm values differ per step and layer (so a mix-up of
+    steps or names shows), with the multi-step loss on and second-order meta-gradients."""
+    model = conv4(5, hidden=8, seed=0).double()
+    learner = mamlpp(model, inner_lr=0.3, steps=steps, strategy=strategy, msl_steps=10)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in learner.inner_lrs.values():
+            p.copy_(torch.rand(p.shape, generator=g) * 0.4 + 0.1)
+        for p in learner.step_params.values():
+            p.add_(torch.rand(p.shape, generator=g) * 0.5 - 0.25)
+    learner._step = 0
+    cfg = learner.training_config(0)
+    assert cfg.step_weights == msl_weights(steps, 0.0) and not cfg.first_order
+    return learner
+
+
+def naive_mamlpp_gradient(learner, batch, weights):
+    """Per task: SGD steps with rate ``lrs[name][step]`` and BatchNorm values ``step_params[name][step]``, the
+    query loss after every step weighted by ``weights``; autograd through all of it."""
+    model, steps = learner.model, learner.inner.steps
+    lrs = learner.lrs()
+    per_step = {k.replace("__", "."): v for k, v in learner.step_params.items()}
+    own = {k: v for k, v in model.named_parameters() if k not in per_step}
+    meta = learner.meta_parameters()
+    total = 0.0
+    for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
+        fast = dict(own)
+
+        def at(i):
+            return {**fast, **{k: v[i] for k, v in per_step.items()}}
+        for i in range(steps):
+            loss = F.cross_entropy(functional_call(model, at(i), (sx,)), sy)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
+            fast = {k: w - lrs[k][i] * g for (k, w), g in zip(fast.items(), grads)}
+            total = total + weights[i] * F.cross_entropy(functional_call(model, at(i + 1), (qx,)), qy)
+    grads = torch.autograd.grad(total / len(batch.support_x), list(meta.values()), allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(meta.values(), grads)]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_mamlpp_meta_gradient_equals_a_naive_loop_with_every_option_on(strategy):
+    learner = randomised_mamlpp(strategy)
+    weights = learner.training_config(0).step_weights
+    batch = omniglot_like_batch(tasks=3, queries=2)
+    grads, _ = learner.meta_gradient(batch)
+    expected = naive_mamlpp_gradient(learner, batch, weights)
+    got = [grads[k] for k in learner.meta_parameters()]
+    assert {k.split(".")[0] for k in grads} >= {"inner_lr", "features", "head"}
+    diff = (flat(got) - flat(expected)).abs().max().item()
+    assert diff < 1e-10, f"{strategy}: max |core - naive| = {diff:.3e}"
+    lr_grads = flat([grads[k] for k in grads if k.startswith("inner_lr.")])
+    bn_grads = flat([grads[k] for k in learner.inner.per_step])
+    assert lr_grads.abs().max() > 1e-4 and bn_grads.abs().max() > 1e-4  # both learned, not inert
+
+
+def test_mamlpp_learned_rate_gradient_matches_finite_differences():
+    learner = randomised_mamlpp("batched")
+    batch = omniglot_like_batch(tasks=2, queries=2)
+    name = "inner_lr.features.4.weight"
+    direction = torch.tensor([1.0, -0.5])
+    grads, _ = learner.meta_gradient(batch)
+    lr = learner.meta_parameters()[name]
+
+    def loss_at(eps: float) -> float:
+        with torch.no_grad():
+            lr.add_(eps * direction)
+        value = learner.query_losses(batch, learner.training_config(0))[0].mean().item()
+        with torch.no_grad():
+            lr.sub_(eps * direction)
+        return value
+    eps = 1e-5
+    fd = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+    analytic = (grads[name] * direction).sum().item()
+    assert abs(fd - analytic) < 1e-6 * max(1.0, abs(fd)) and abs(fd) > 1e-5
+
+
+def test_mamlpp_with_its_options_off_is_maml():
+    batch = omniglot_like_batch(tasks=3, queries=2)
+    reference = maml(conv4(5, hidden=8, seed=0).double(), inner_lr=0.3, steps=2, strategy="batched")
+    plus = mamlpp(conv4(5, hidden=8, seed=0).double(), inner_lr=0.3, steps=2, per_step_bn=False, strategy="batched")
+    expected, _ = reference.meta_gradient(batch)
+    got, _ = plus.meta_gradient(batch)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-12, atol=1e-12)
+    assert set(got) - set(expected) == {f"inner_lr.{k}" for k in expected}
+
+
+def test_multi_step_loss_weights_anneal_to_the_last_step():
+    assert msl_weights(5, 0.0) == pytest.approx((0.2,) * 5)
+    for t in (0.0, 0.3, 1.0, 2.0):
+        assert sum(msl_weights(5, t)) == pytest.approx(1.0)
+    assert msl_weights(5, 1.0)[:4] == pytest.approx((0.006,) * 4) and msl_weights(5, 1.0)[4] == pytest.approx(0.976)
+    assert msl_weights(5, 0.5)[0] == pytest.approx(0.1)
+
+
+def test_mamlpp_schedules_follow_the_outer_step_that_training_reports(monkeypatch):
+    from metalib.train import meta_train
+    learner = mamlpp(conv4(5, hidden=4, seed=0).double(), steps=2, msl_steps=2, first_order_steps=3)
+    assert learner.training_config(0).first_order and learner.training_config(2).first_order
+    assert not learner.training_config(3).first_order
+    assert learner.training_config(1).step_weights == msl_weights(2, 0.5)
+    assert learner.training_config(2).step_weights is None  # the last step's loss alone from then on
+    seen = []
+    real = learner.training_config
+    monkeypatch.setattr(learner, "training_config", lambda step: seen.append(step) or real(step))
+
+    class Tasks:
+        def batch(self, idx):
+            return omniglot_like_batch(tasks=len(idx), queries=1, seed=idx[0])
+    meta_train(learner, Tasks(), steps=4, meta_batch=2, val_every=10)
+    assert seen == [0, 1, 2, 3]
+
+
+def test_mamlpp_rejects_what_it_cannot_do():
+    from metalib.models import mlp
+    with pytest.raises(ArgumentError, match="TaskBatchNorm"):
+        mamlpp(mlp(seed=0))
+    with pytest.raises(ArgumentError, match="at least one inner step"):
+        mamlpp(conv4(5, hidden=4), steps=0)
+    mamlpp(mlp(seed=0), per_step_bn=False, problem="regression")  # the other options need no BatchNorm
+
+
+def naive_protomaml_gradient(model, batch, steps, lr, first_order=False):
+    params = dict(model.named_parameters())
+    body = {k: v for k, v in params.items() if not k.startswith("head.")}
+    total = 0.0
+    for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
+        z = functional_call(model.features, {k[len("features."):]: v for k, v in body.items()}, (sx,))
+        protos = torch.stack([z[sy == c].mean(0) for c in range(5)])
+        start = {**body, "head.weight": 2 * protos, "head.bias": -(protos ** 2).sum(-1)}
+        fast = {k: v.view_as(v) for k, v in start.items()}  # inner gradients are partial: one variable each
+        for _ in range(steps):
+            loss = F.cross_entropy(functional_call(model, fast, (sx,)), sy)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            fast = {k: w - lr * g for (k, w), g in zip(fast.items(), grads)}
+        total = total + F.cross_entropy(functional_call(model, fast, (qx,)), qy)
+    grads = torch.autograd.grad(total / len(batch.support_x), list(params.values()), allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_protomaml_meta_gradient_equals_a_naive_loop(strategy, first_order):
+    model = conv4(5, hidden=8, seed=2).double()
+    learner = protomaml(model, inner_lr=0.2, steps=2, strategy=strategy, first_order=first_order)
+    batch = omniglot_like_batch(tasks=3, shots=2, queries=2)
+    grads, _ = learner.meta_gradient(batch)
+    expected = naive_protomaml_gradient(model, batch, 2, 0.2, first_order)
+    got = [grads[k] for k in learner.meta_parameters()]
+    diff = (flat(got) - flat(expected)).abs().max().item()
+    assert diff < 1e-10, f"{strategy}: max |core - naive| = {diff:.3e}"
+    assert grads["head.weight"].abs().max() == 0  # the model's own head is only a shape
+
+
+def test_protomaml_starts_as_the_protonet_of_the_support_set():
+    model = conv4(5, hidden=8, seed=3).double()
+    learner = protomaml(model, steps=0, strategy="loop")
+    batch = omniglot_like_batch(tasks=2, shots=3, queries=2)
+    params = learner.adapt(batch, steps=0)
+    for i in range(2):
+        zs = model.features(batch.support_x[i])
+        zq = model.features(batch.query_x[i])
+        protos = torch.stack([zs[batch.support_y[i] == c].mean(0) for c in range(5)])
+        logits = zq @ params["head.weight"][i].T + params["head.bias"][i]
+        expected = -((zq[:, None] - protos[None]) ** 2).sum(-1)  # ProtoNet's logits, up to a per-query constant
+        torch.testing.assert_close(logits.log_softmax(-1), expected.log_softmax(-1), rtol=1e-9, atol=1e-9)
+
+
+def test_train_cli_builds_mamlpp_and_protomaml_with_their_settings():
+    from metalib.train_cli import build_learner, parse_args, run_settings
+    _, a = parse_args(["--algorithm", "mamlpp", "--inner-steps", "3", "--msl-steps", "50", "--first-order-steps", "20"])
+    learner = build_learner(a, torch.device("cpu"))
+    assert (learner.name, learner.inner.steps, learner.msl_steps, learner.first_order_steps) == ("maml++", 3, 50, 20)
+    assert run_settings(a)["msl_steps"] == 50 and "msl_steps" not in run_settings(parse_args([])[1])
+    _, a = parse_args(["--algorithm", "protomaml"])
+    assert build_learner(a, torch.device("cpu")).inner.head_init == "prototypes"
+    with pytest.raises(SystemExit):
+        parse_args(["--algorithm", "maml", "--msl-steps", "5"])
