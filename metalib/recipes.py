@@ -36,6 +36,7 @@ class Recipe:
     inner_steps: int | None = None
     eval_steps: int | None = None  # test-time adaptation steps
     tests: tuple[tuple[int, int], ...] = ((5, 1),)  # (ways, shots) columns this model is evaluated on
+    batchnorm: tuple[str, ...] = ("transductive",)  # evaluation modes (metalib.inner.inductive); Reptile reports both
     eval_queries: int = 15
     seed: int = 0
     val_every: int = 500

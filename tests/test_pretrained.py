@@ -46,7 +46,7 @@ def test_shipped_model_scores_what_its_manifest_says(name):
     for e in info["evaluation"]:
         sampler = zoo_test_sampler(split, e["ways"], e["shots"], e["queries"], info["recipe"]["seed"])
         with torch.random.fork_rng(devices=[]):
-            got = evaluate(learner, sampler, n_tasks=e["check_tasks"], steps=e["test_steps"])
+            got = evaluate(learner, sampler, n_tasks=e["check_tasks"], steps=e["test_steps"], batchnorm=e["batchnorm"])
         one_query = 1 / (e["check_tasks"] * e["ways"] * e["queries"])
         assert abs(got.mean - e["check_mean"]) <= 2 * one_query + 1e-9, (
             f"{name} {e['ways']}w{e['shots']}s: {got.mean:.5f} now, {e['check_mean']:.5f} in the manifest")
@@ -83,3 +83,17 @@ def test_reproduce_trains_each_recipe_into_the_run_folder_and_tabulates_it(tmp_p
     assert list(table["column"]) == ["5-way 1-shot", "20-way 1-shot"] and table["recipe"].eq("protonet-omniglot-1shot").all()
     assert table["reproduced (%)"].between(0, 100).all() and table["shipped (%)"].gt(90).all()
     assert list(table["published (%)"]) == ["98.8", "96.0"]
+
+
+def test_recipe_results_evaluate_every_batchnorm_mode_of_the_recipe(monkeypatch, omniglot_data_dir):
+    from dataclasses import replace
+
+    from metalib.pretrained import export
+    from metalib.recipes import get_recipe
+    both = replace(get_recipe("protonet-omniglot-1shot"), batchnorm=("transductive", "inductive"),
+                   published={"5w1s": "98.8", "5w1s inductive": "97.0"})
+    monkeypatch.setattr(export, "get_recipe", lambda name: both)
+    rows = export.recipe_results(load_pretrained("protonet-omniglot-1shot"), "protonet-omniglot-1shot", n_tasks=3,
+                                 data_dir=omniglot_data_dir)
+    assert [(r["ways"], r["batchnorm"], r["published"]) for r in rows] == [
+        (5, "transductive", "98.8"), (5, "inductive", "97.0"), (20, "transductive", None), (20, "inductive", None)]

@@ -47,7 +47,8 @@ def zoo_test_sampler(split, ways: int, shots: int, queries: int, seed: int, devi
 
 def recipe_results(learner, name: str, *, n_tasks: int = 600, data_dir=None, device="cpu") -> list[dict]:
     """``learner`` evaluated like a zoo model of recipe ``name``: every test column of the recipe, on its fixed
-    test tasks (the first ``n_tasks``), with the recipe's test steps. One dict per column: ``ways``, ``shots``,
+    test tasks (the first ``n_tasks``), with the recipe's test steps, in each of its BatchNorm modes. One dict per
+    column and mode: ``ways``, ``shots``,
     ``queries``, ``n_tasks``, ``mean``, ``ci95``, ``test_steps``, ``batchnorm``, ``published``."""
     recipe = get_recipe(name)
     _, args = parse_args(["--recipe", name])
@@ -55,10 +56,12 @@ def recipe_results(learner, name: str, *, n_tasks: int = 600, data_dir=None, dev
     rows = []
     for ways, shots in recipe.tests:
         sampler = zoo_test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed, device)
-        r = evaluate(learner, sampler, n_tasks=n_tasks, steps=args.eval_steps)
-        rows.append({"ways": ways, "shots": shots, "queries": recipe.eval_queries, "n_tasks": r.n_tasks,
-                     "mean": r.mean, "ci95": r.ci95, "test_steps": r.steps, "batchnorm": r.settings["batchnorm"],
-                     "published": recipe.published.get(f"{ways}w{shots}s")})
+        for mode in recipe.batchnorm:
+            r = evaluate(learner, sampler, n_tasks=n_tasks, steps=args.eval_steps, batchnorm=mode)
+            key = f"{ways}w{shots}s" + ("" if mode == "transductive" else f" {mode}")
+            rows.append({"ways": ways, "shots": shots, "queries": recipe.eval_queries, "n_tasks": r.n_tasks,
+                         "mean": r.mean, "ci95": r.ci95, "test_steps": r.steps, "batchnorm": r.settings["batchnorm"],
+                         "published": recipe.published.get(key)})
     return rows
 
 
@@ -75,11 +78,13 @@ def reproduce(recipes, run_dir, *, device="auto", data_dir=None, n_tasks: int = 
     for name in recipes:
         learner, _ = train_recipe(name, Path(run_dir) / f"{name}.pt", device=str(device), data_dir=data_dir,
                                    progress=progress, options=options)
-        shipped = {(e["ways"], e["shots"]): e["mean"] for e in manifest(name)["evaluation"]} if name in available() else {}
+        shipped = {(e["ways"], e["shots"], e["batchnorm"]): e["mean"] for e in manifest(name)["evaluation"]} \
+            if name in available() else {}
         for row in recipe_results(learner, name, n_tasks=n_tasks, data_dir=data_dir, device=learner_device(learner)):
+            key = (row["ways"], row["shots"], row["batchnorm"])
             rows.append({"recipe": name, "column": f"{row['ways']}-way {row['shots']}-shot",
-                         "reproduced (%)": 100 * row["mean"], "95% CI": 100 * row["ci95"],
-                         "shipped (%)": 100 * shipped[row["ways"], row["shots"]] if shipped else None,
+                         "batchnorm": row["batchnorm"], "reproduced (%)": 100 * row["mean"], "95% CI": 100 * row["ci95"],
+                         "shipped (%)": 100 * shipped[key] if key in shipped else None,
                          "published (%)": row["published"]})
     return pd.DataFrame(rows)
 
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = []
     for row in recipe_results(learner, a.recipe, n_tasks=a.eval_tasks):
         sampler = zoo_test_sampler(split, row["ways"], row["shots"], row["queries"], recipe.seed)
-        check = evaluate(learner, sampler, n_tasks=a.check_tasks, steps=steps)
+        check = evaluate(learner, sampler, n_tasks=a.check_tasks, steps=steps, batchnorm=row["batchnorm"])
         evaluation.append({**row, "split": "vinyals/test", "sampler_seed": recipe.seed + TEST_SEED_OFFSET,
                            "check_tasks": check.n_tasks, "check_mean": check.mean})
         print(f"{row['ways']}-way {row['shots']}-shot: {100 * row['mean']:.2f}% +/- {100 * row['ci95']:.2f}% "
