@@ -14,8 +14,10 @@ cosine annealing (CA)          the outer schedule: ``train_cli --lr-schedule cos
 =============================  ==========================================================================
 
 Both schedules are functions of the outer step alone (:meth:`MAMLPlusPlus.set_training_step`), so a resumed
-run is the same run. BatchNorm statistics stay per batch (transductive, or inductive at evaluation); the
-paper's per-step running statistics are not modelled.
+run is the same run. BatchNorm statistics are those of the batch at every step (transductive, or inductive at
+evaluation). The paper's per-step *running* statistics change no prediction of the reference implementation: it
+tracks them per step but normalises with ``F.batch_norm(..., training=True)``, i.e. with the batch's statistics, so
+metalib computes what it computes and keeps no running statistics.
 """
 from __future__ import annotations
 
