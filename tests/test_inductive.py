@@ -17,15 +17,7 @@ from metalib.inner import forward_adapted, forward_inductive, per_query, single_
 from metalib.models import conv4, mlp
 from metalib.tasks import TaskBatch
 
-from test_inner import omniglot_like_batch, sine_batch
-
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+from test_inner import _float64, omniglot_like_batch, sine_batch  # noqa: F401  (_float64: autouse, float64 here too)
 
 
 @pytest.mark.parametrize("rows", [None, 1, 7, 256])
