@@ -64,3 +64,14 @@ def pattern_images():
         images = (protos[:, None] + 0.3 * torch.rand(classes, 20, 1, 28, 28, generator=g)).clamp(0, 1)
         return (images.squeeze(2) * 255).to(torch.uint8)
     return make
+
+
+@pytest.fixture
+def float64_default():
+    """float64 as torch's default dtype for the test (gradient checks), restored after."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

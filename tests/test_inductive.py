@@ -17,7 +17,9 @@ from metalib.inner import forward_adapted, forward_inductive, per_query, single_
 from metalib.models import conv4, mlp
 from metalib.tasks import TaskBatch
 
-from test_inner import _float64, omniglot_like_batch, sine_batch  # noqa: F401  (_float64: autouse, float64 here too)
+from test_inner import omniglot_like_batch, sine_batch
+
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 @pytest.mark.parametrize("rows", [None, 1, 7, 256])

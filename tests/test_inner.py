@@ -20,12 +20,7 @@ from metalib.models import conv4, mlp
 from metalib.tasks import TaskBatch
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def omniglot_like_batch(tasks=3, ways=5, shots=1, queries=2, seed=0) -> TaskBatch:
