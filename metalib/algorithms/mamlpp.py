@@ -30,7 +30,7 @@ from ..inner import InnerConfig
 from ..models import TaskBatchNorm
 from ..problems import Problem, get_problem
 from ..tasks import TaskBatch
-from ..types import Grads, Params
+from ..types import Params
 from .gradient import GradientMetaLearner
 
 __all__ = ["MAMLPlusPlus", "mamlpp", "msl_weights"]
@@ -83,10 +83,9 @@ class MAMLPlusPlus(GradientMetaLearner):
         return replace(self.inner, first_order=self.inner.first_order or step < self.first_order_steps,
                        step_weights=weights)
 
-    def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
-        losses, scores = self.query_losses(batch, self.training_config(self._step))
-        loss = losses.mean()
-        return self._grads(loss), {"loss": loss.item(), self.problem.score_name: scores.mean().item()}
+    def query_losses(self, batch: TaskBatch, cfg: InnerConfig | None = None) -> tuple[Tensor, Tensor]:
+        """MAML's query losses, with the inner loop of the current outer step unless ``cfg`` is given."""
+        return super().query_losses(batch, cfg or self.training_config(self._step))
 
     def step_learning_rates(self) -> dict[str, Tensor]:
         """The learned inner learning rates, ``{parameter: [steps]}`` (detached), e.g. to plot them."""
