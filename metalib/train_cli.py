@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mamlpp: outer steps over which the multi-step loss anneals to the last step's loss")
     g.add_argument("--first-order-steps", type=int, default=0,
                    help="mamlpp: outer steps with first-order meta-gradients before second order")
+    g.add_argument("--inner-batches", type=int, default=None,
+                   help="reptile: split each training support set into N class-balanced minibatches, one per inner "
+                        "step in turn (Nichol et al.); default: the whole support set at every step")
     g.add_argument("--optimizer", choices=["adam", "sgd"], default=None,
                    help="outer optimiser (default: adam; sgd for reptile)")
     g.add_argument("--outer-lr", type=float, default=None,
@@ -168,6 +171,12 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--msl-steps and --first-order-steps must be >= 0, got {a.msl_steps} and {a.first_order_steps}")
     if a.algorithm != "mamlpp" and (a.msl_steps or a.first_order_steps):
         p.error("--msl-steps and --first-order-steps are MAML++ options: use --algorithm mamlpp")
+    if a.inner_batches is not None and (a.algorithm != "reptile" or a.inner_batches < 1):
+        p.error(f"--inner-batches is a Reptile option (>= 1): use --algorithm reptile, got {a.algorithm} "
+                f"with {a.inner_batches}")
+    if a.inner_batches is not None and a.inner_batches > a.shots:
+        p.error(f"--inner-batches {a.inner_batches} needs at least that many --shots per class (got {a.shots}): "
+                f"each minibatch takes one example of every class or more")
     if a.algorithm == "pretrain" and a.inner_steps is not None:
         p.error("pretrain trains without inner steps; set test-time fine-tuning steps with --eval-steps")
 
@@ -194,6 +203,8 @@ def run_settings(a: argparse.Namespace) -> dict[str, object]:
         settings.update(proximal=a.proximal, cg_steps=a.cg_steps)
     if a.algorithm == "mamlpp":
         settings.update(msl_steps=a.msl_steps, first_order_steps=a.first_order_steps)
+    if a.inner_batches is not None:
+        settings["inner_batches"] = a.inner_batches
     return settings
 
 
@@ -242,6 +253,8 @@ def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
             kw.update(lam=a.proximal, cg_steps=a.cg_steps)
         if a.algorithm == "mamlpp":
             kw.update(msl_steps=a.msl_steps, first_order_steps=a.first_order_steps)
+        if a.inner_batches is not None:
+            kw["inner_batches"] = a.inner_batches
     if a.dataset == "sinusoid":
         model = mlp(seed=a.seed, device=device)
     else:

@@ -29,6 +29,18 @@ def test_zoo_is_small_and_every_model_has_a_manifest():
             assert e["n_tasks"] == 600 and 0 < e["ci95"] < 0.05 and e["batchnorm"]
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_shipped_models_recipe_is_still_the_recipe_of_that_name(name):
+    """``--recipe NAME`` must still train what NAME's manifest records: a recipe edited after its model shipped
+    (other steps, rates, episodes) fails here, so the model is retrained or the recipe renamed."""
+    from metalib.recipes import Recipe
+
+    shipped = dict(manifest(name)["recipe"])
+    shipped["tests"] = tuple(tuple(t) for t in shipped["tests"])
+    shipped["batchnorm"] = tuple(shipped.get("batchnorm") or ("transductive",))  # older manifests predate the field
+    assert Recipe(**shipped).argv() == RECIPES[name].argv()
+
+
 def test_unknown_model_names_the_available_ones():
     with pytest.raises(ValueError, match="available"):
         manifest("no-such-model")

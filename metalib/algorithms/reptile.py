@@ -49,17 +49,25 @@ class Reptile(MetaLearner):
         return grads, {self.problem.score_name: scores.mean().item()}
 
     def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
-        cfg = replace(self.inner, steps=self.inner.steps if steps is None else steps)
+        # test-time adaptation takes the whole support set at every step (a 1-shot set has no minibatches)
+        cfg = replace(self.inner, steps=self.inner.steps if steps is None else steps, support_batches=None)
         params = {k: v.detach() for k, v in self.model.named_parameters()}
         if check_batchnorm(batchnorm) == "inductive":
             return self.inductive_scores(self.model, adapt(self.model, params, batch, cfg), batch)
         return task_losses(self.model, params, batch, cfg)[1]
 
     def describe(self) -> dict[str, object]:
-        return {**super().describe(), "inner_steps": self.inner.steps, "inner_lr": self.inner.lr}
+        return {**super().describe(), "inner_steps": self.inner.steps, "inner_lr": self.inner.lr,
+                "inner_batches": self.inner.support_batches}
 
 
 def reptile(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 5, problem: str | Problem = "classification",
-            strategy: str = "auto") -> Reptile:
-    """Reptile with ``steps`` inner SGD steps at ``inner_lr``; its default outer optimiser is SGD."""
-    return Reptile(model, InnerConfig(steps, inner_lr, True, None, strategy, get_problem(problem)))
+            strategy: str = "auto", inner_batches: int | None = None) -> Reptile:
+    """Reptile with ``steps`` inner SGD steps at ``inner_lr``; its default outer optimiser is SGD.
+
+    ``inner_batches=n`` splits each training support set into ``n`` class-balanced minibatches that the inner
+    steps take in turn, as Nichol et al. do (the gradients of different minibatches are what makes Reptile
+    more than joint training: their inner products enter its update); ``None`` adapts on the whole support
+    set at every step. Test-time adaptation always uses the whole support set."""
+    return Reptile(model, InnerConfig(steps, inner_lr, True, None, strategy, get_problem(problem),
+                                      support_batches=inner_batches))

@@ -12,7 +12,9 @@ Every gradient-based algorithm in metalib is an :class:`InnerConfig` of this loo
   per-layer rates), ``per_step`` (parameters that do not adapt but have one value per step, e.g. BatchNorm
   weights: ``[steps + 1, *shape]``, the last for the query pass) and ``step_weights`` (the multi-step loss: the
   query loss after every step, weighted);
-* ``head_init="prototypes"`` starts each task's linear head from its class prototypes (Proto-MAML).
+* ``head_init="prototypes"`` starts each task's linear head from its class prototypes (Proto-MAML);
+* ``support_batches=n`` gives inner step ``i`` only the ``i % n``-th of ``n`` disjoint, class-balanced slices of
+  the support set (Reptile's inner minibatches: consecutive steps see different examples).
 
 :func:`adapt` and :func:`task_losses` take a whole meta-batch (a :class:`~metalib.tasks.TaskBatch`)
 and hand it to an *engine* (:mod:`metalib.inner.select`) that decides how the tasks are executed:
@@ -33,7 +35,7 @@ from ..tasks import TaskBatch
 from ..types import Params
 
 __all__ = ["InnerConfig", "sgd_step", "with_proximal", "lr_at", "at_step", "inner_sgd", "inner_path", "query_loss",
-           "prototype_head", "adapt",
+           "prototype_head", "support_minibatch", "adapt",
            "task_losses", "STRATEGIES"]
 
 Strategy = Literal["auto", "batched", "vmap", "loop", "threads"]
@@ -56,6 +58,7 @@ class InnerConfig:
     per_step: tuple[str, ...] = ()        # fixed parameters given as [steps + 1, *shape]: one value per step
     step_weights: tuple[float, ...] | None = None  # multi-step loss: weights of the query losses after steps 1..n
     head_init: str | None = None          # "prototypes": each task's head starts from its class prototypes
+    support_batches: int | None = None    # step i adapts on slice i % n of the support set (None: all of it)
 
     def __post_init__(self):
         if self.steps < 0:
@@ -66,6 +69,8 @@ class InnerConfig:
             raise ArgumentError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.step_weights is not None and len(self.step_weights) != self.steps:
             raise ArgumentError(f"step_weights needs one weight per inner step ({self.steps}), got {len(self.step_weights)}")
+        if self.support_batches is not None and self.support_batches < 1:
+            raise ArgumentError(f"support_batches must be >= 1 (or None), got {self.support_batches}")
         if self.head_init not in (None, "prototypes"):
             raise ArgumentError(f"head_init must be None or 'prototypes', got {self.head_init!r}")
 
@@ -145,6 +150,31 @@ def query_loss(evaluate: Callable[[Params, int], tuple[Tensor, Tensor]], path: l
         loss = cfg.step_weights[-1] * loss + sum(w * evaluate(p, i)[0] for i, (w, p) in
                                                  enumerate(zip(cfg.step_weights[:-1], path[1:-1]), start=1) if w)
     return loss, out
+
+
+def support_minibatch(x: Tensor, y: Tensor, step: int, n: int | None) -> tuple[Tensor, Tensor]:
+    """The support examples inner step ``step`` adapts on: with ``n`` > 1 the ``step % n``-th of ``n`` disjoint
+    slices (classification: each class's ``r``-th example goes to slice ``r % n``, so slices are class-balanced;
+    regression: every ``n``-th point), else all of them. ``x``, ``y``: one task's ``[M, ...]`` or a batch's
+    ``[B, M, ...]`` (integer labels ``[..., M]``, regression targets ``[..., M, 1]``)."""
+    if not n or n == 1:
+        return x, y
+    classification = not y.is_floating_point()
+    dim = y.dim() - 1 if classification else y.dim() - 2  # the example dimension
+    if classification:
+        onehot = torch.nn.functional.one_hot(y)
+        rank = (onehot.cumsum(-2) * onehot).sum(-1) - 1  # how many earlier examples share the class
+    else:
+        rank = torch.arange(y.shape[dim], device=y.device).expand(y.shape[:dim + 1])
+    keep = rank % n == step % n
+    counts = keep.sum(-1)
+    m = int(counts.flatten()[0])
+    if m == 0 or n > int(rank.max()) + 1 or bool((counts != m).any()):
+        raise ArgumentError(f"cannot split the support set (labels {tuple(y.shape)}) into {n} equal inner "
+                            f"minibatches: use support_batches <= the shots per class, with every class equally shot")
+    idx = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[..., :m]  # the kept positions, in order
+    pick = lambda t: torch.take_along_dim(t, idx.reshape(*idx.shape, *[1] * (t.dim() - idx.dim())), dim=dim)
+    return pick(x), pick(y)
 
 
 def prototype_head(features: Tensor, y: Tensor, head: Params) -> Params:
