@@ -96,14 +96,14 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            lr_schedule="cosine", lr_min=1e-5, inner_lr=0.4, inner_steps=1, eval_steps=1,
            published={"5w1s": "99.53 +/- 0.26"},
            why="The MAML recipe with a learned inner learning rate per weight (Li et al. adapt with one step, at "
-               "training and at test); the rates start at MAML's 0.4. 3000 cosine-annealed steps, about 80 minutes "
-               "on one core of 2 (1.6 s per step with another run on the other core)."),
+               "training and at test); the rates start at MAML's 0.4. 3000 cosine-annealed steps: 100 minutes "
+               "on one core of 2 with another run on the other core (about 2 s per step)."),
     Recipe("reptile-omniglot-5w1s", "reptile", ways=5, shots=5, queries=1, steps=7000, meta_batch=10, outer_lr=1e-3,
            lr_schedule="cosine", lr_min=0.0, inner_lr=0.4, inner_steps=5, inner_batches=5, eval_steps=10,
            batchnorm=("transductive", "inductive"),
            published={"5w1s": "97.68 +/- 0.04", "5w1s inductive": "95.39 +/- 0.09"},
            why="Nichol et al.'s Omniglot recipe shape (more training shots than test shots, 5 inner steps on "
-               "different minibatches, a small meta-batch, the outer step annealed to 0) cut to fit about 45 minutes "
+               "different minibatches, a small meta-batch, the outer step annealed to 0) cut to fit about an hour "
                "on one core of 2: 5 training shots, one example per class in each of the 5 inner steps, SGD at "
                "0.4 (the paper: 10 shots, Adam 1e-3 on minibatches of 10), meta-batch 10, the Reptile "
                "pseudo-gradient fed to Adam 1e-3 (the paper's own suggestion) cosine-annealed to 0, 10 test steps "

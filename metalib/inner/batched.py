@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..tasks import TaskBatch
 from ..types import Params
-from .core import InnerConfig, LearningRate, at_step, inner_path, prototype_head, query_loss, support_minibatch
+from .core import InnerConfig, LearningRate, at_step, inner_path, prototype_head, query_loss, on_minibatches
 from .one_task import head_only
 
 
@@ -34,16 +34,15 @@ class BatchedEngine:
             features = model.embed_tasks(params, x, False, cl)
             if cfg.head_init:
                 fast.update(prototype_head(features, y, fast))
-            path = inner_path(lambda p, i: cfg.problem.task_loss(
-                model.head_tasks(p, (mb := support_minibatch(features, y, i, cfg.support_batches))[0]), mb[1]).sum(),
-                fast, lr, cfg)
+            path = inner_path(on_minibatches(lambda p, i, xb, yb: cfg.problem.task_loss(model.head_tasks(p, xb), yb).sum(),
+                                             features, y, cfg.support_batches), fast, lr, cfg)
             return [{**fixed, **p} for p in path], lambda p, inp, i: model.head_tasks(p, model.embed_tasks(p, inp, False, cl))
         if cfg.head_init:
             fast.update(prototype_head(model.embed_tasks(at_step(params, cfg.per_step, 0), x, False, cl), y, fast))
         second_order = not cfg.first_order  # the support passes' graphs are differentiated again
-        path = inner_path(lambda p, i: cfg.problem.task_loss(model.forward_tasks(
-            at_step({**fixed, **p}, cfg.per_step, i), (mb := support_minibatch(x, y, i, cfg.support_batches))[0],
-            second_order, cl), mb[1]).sum(), fast, lr, cfg)
+        path = inner_path(on_minibatches(lambda p, i, xb, yb: cfg.problem.task_loss(
+            model.forward_tasks(at_step({**fixed, **p}, cfg.per_step, i), xb, second_order, cl), yb).sum(),
+            x, y, cfg.support_batches), fast, lr, cfg)
         return [{**fixed, **p} for p in path], \
             lambda p, inp, i: model.forward_tasks(at_step(p, cfg.per_step, i), inp, False, cl)
 

@@ -35,7 +35,7 @@ from ..tasks import TaskBatch
 from ..types import Params
 
 __all__ = ["InnerConfig", "sgd_step", "with_proximal", "lr_at", "at_step", "inner_sgd", "inner_path", "query_loss",
-           "prototype_head", "support_minibatch", "adapt",
+           "prototype_head", "support_minibatch", "on_minibatches", "adapt",
            "task_losses", "STRATEGIES"]
 
 Strategy = Literal["auto", "batched", "vmap", "loop", "threads"]
@@ -175,6 +175,13 @@ def support_minibatch(x: Tensor, y: Tensor, step: int, n: int | None) -> tuple[T
     idx = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[..., :m]  # the kept positions, in order
     pick = lambda t: torch.take_along_dim(t, idx.reshape(*idx.shape, *[1] * (t.dim() - idx.dim())), dim=dim)
     return pick(x), pick(y)
+
+
+def on_minibatches(loss: Callable[[Params, int, Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
+                   n: int | None) -> Callable[[Params, int], Tensor]:
+    """``loss(params, step, x, y)`` as the inner loop's ``loss(params, step)``, each step on its support minibatch
+    (:func:`support_minibatch`; the whole support set when ``n`` is None)."""
+    return lambda p, i: loss(p, i, *support_minibatch(x, y, i, n))
 
 
 def prototype_head(features: Tensor, y: Tensor, head: Params) -> Params:

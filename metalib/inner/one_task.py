@@ -9,7 +9,7 @@ from torch.func import functional_call, grad
 from ..models import BodyHeadModel, TaskBatchedModel
 from ..types import Params
 from .core import (InnerConfig, LearningRate, at_step, inner_path, lr_at, prototype_head, query_loss, sgd_step,
-                   support_minibatch, with_proximal)
+                   on_minibatches, with_proximal)
 
 Forward = Callable[..., Tensor]
 SGD = Callable[[Callable[[Params, int], Tensor], Params, LearningRate, InnerConfig], list[Params]]
@@ -72,15 +72,14 @@ def adapt_one(model: nn.Module, params: Params, lr: LearningRate, x: Tensor, y: 
         features = embed(params, x)  # the body is fixed: its features are computed once per task
         if cfg.head_init:
             fast.update(prototype_head(features, y, fast))
-        path = sgd(lambda p, i: cfg.problem.loss(
-            head(p, (mb := support_minibatch(features, y, i, cfg.support_batches))[0]), mb[1]), fast, lr, cfg)
+        path = sgd(on_minibatches(lambda p, i, xb, yb: cfg.problem.loss(head(p, xb), yb), features, y,
+                                  cfg.support_batches), fast, lr, cfg)
         return [{**fixed, **p} for p in path], lambda p, inp, i: head(p, embed(p, inp))
     if cfg.head_init:
         fast.update(prototype_head(embed(at_step(params, cfg.per_step, 0), x), y, fast))
     second_order = not cfg.first_order  # the support passes' graphs are differentiated again
-    path = sgd(lambda p, i: cfg.problem.loss(fwd(at_step({**fixed, **p}, cfg.per_step, i),
-                                                 (mb := support_minibatch(x, y, i, cfg.support_batches))[0],
-                                                 second_order), mb[1]), fast, lr, cfg)
+    path = sgd(on_minibatches(lambda p, i, xb, yb: cfg.problem.loss(
+        fwd(at_step({**fixed, **p}, cfg.per_step, i), xb, second_order), yb), x, y, cfg.support_batches), fast, lr, cfg)
     return [{**fixed, **p} for p in path], lambda p, inp, i: fwd(at_step(p, cfg.per_step, i), inp)
 
 
