@@ -36,6 +36,7 @@ class Recipe:
     inner_steps: int | None = None
     eval_steps: int | None = None  # test-time adaptation steps
     inner_batches: int | None = None  # Reptile: class-balanced inner minibatches of the training support set
+    zero_head: bool = False        # every task's head starts at zero (Kao et al.'s zeroing trick)
     tests: tuple[tuple[int, int], ...] = ((5, 1),)  # (ways, shots) columns this model is evaluated on
     batchnorm: tuple[str, ...] = ("transductive",)  # evaluation modes (metalib.inner.inductive); Reptile reports both
     eval_queries: int = 15
@@ -63,6 +64,8 @@ class Recipe:
                             ("--eval-steps", self.eval_steps), ("--inner-batches", self.inner_batches)):
             if value is not None:
                 a += [flag, str(value)]
+        if self.zero_head:
+            a.append("--zero-head")
         return a
 
     def as_dict(self) -> dict:

@@ -43,6 +43,7 @@ RUN_OPTIONS = ("algorithm", "dataset", "ways", "shots", "queries", "protocol", "
 
 EMBEDDING_LEARNERS = ("protonet", "r2d2", "attention")  # learners on an embedding (conv4 without a head), no inner loop
 NO_INNER_LOOP = (*EMBEDDING_LEARNERS, "cnp")
+ZERO_HEAD_LEARNERS = ("maml", "fomaml", "metasgd", "anil")
 _SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}  # each split's task stream has its own seed
 
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--inner-batches", type=int, default=None,
                    help="reptile: split each training support set into N class-balanced minibatches, one per inner "
                         "step in turn (Nichol et al.); default: the whole support set at every step")
+    g.add_argument("--zero-head", action="store_true",
+                   help="maml/fomaml/metasgd/anil: every task's head starts at zero (Kao et al.'s zeroing trick)")
     g.add_argument("--optimizer", choices=["adam", "sgd"], default=None,
                    help="outer optimiser (default: adam; sgd for reptile)")
     g.add_argument("--outer-lr", type=float, default=None,
@@ -177,6 +180,10 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.inner_batches is not None and a.inner_batches > a.shots:
         p.error(f"--inner-batches {a.inner_batches} needs at least that many --shots per class (got {a.shots}): "
                 f"each minibatch takes one example of every class or more")
+    if a.zero_head and a.algorithm not in ZERO_HEAD_LEARNERS:
+        p.error(f"--zero-head is an option of {', '.join(ZERO_HEAD_LEARNERS)}, not of {a.algorithm}")
+    if a.zero_head and a.dataset != "omniglot":
+        p.error("--zero-head needs a classifier's linear head: use --dataset omniglot")
     if a.algorithm == "pretrain" and a.inner_steps is not None:
         p.error("pretrain trains without inner steps; set test-time fine-tuning steps with --eval-steps")
 
@@ -205,6 +212,8 @@ def run_settings(a: argparse.Namespace) -> dict[str, object]:
         settings.update(msl_steps=a.msl_steps, first_order_steps=a.first_order_steps)
     if a.inner_batches is not None:
         settings["inner_batches"] = a.inner_batches
+    if a.zero_head:
+        settings["zero_head"] = True
     return settings
 
 
@@ -255,6 +264,8 @@ def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
             kw.update(msl_steps=a.msl_steps, first_order_steps=a.first_order_steps)
         if a.inner_batches is not None:
             kw["inner_batches"] = a.inner_batches
+        if a.zero_head:
+            kw["zero_head"] = True
     if a.dataset == "sinusoid":
         model = mlp(seed=a.seed, device=device)
     else:

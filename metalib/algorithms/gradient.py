@@ -6,6 +6,7 @@ FOMAML      the same with inner gradients treated as constants (``first_order=Tr
 Meta-SGD    MAML plus a learned inner learning rate per parameter entry
 ANIL        MAML that adapts only the head; the body is shared and fixed per task
 Proto-MAML  MAML whose head starts from the task's class prototypes
+zero head   ``zero_head=True`` (MAML, FOMAML, Meta-SGD, ANIL): every task's head starts at zero
 pretrain    0 inner steps in training (joint training), fine-tuned at test time
 ==========  =========================================================================
 """
@@ -104,10 +105,28 @@ class GradientMetaLearner(MetaLearner):
                 "adapted": "head" if self.inner.adapt is not None else "all"}
 
 
+def _linear_head(model: nn.Module, who: str) -> None:
+    _, head = split_body_head(dict(model.named_parameters()))
+    if sorted(head) != ["head.bias", "head.weight"]:
+        raise ArgumentError(f"{who} needs a model with a linear head 'head.weight', 'head.bias' (e.g. conv4(5))")
+
+
+def _zero_head(model: nn.Module, zero_head: bool) -> str | None:
+    """``head_init`` for the zeroing trick (Kao et al., 2022): each task's linear head starts at zero, so that all
+    classes start equal and the meta-gradient carries no noise from the order of the learned head's rows (the
+    head itself then gets no meta-gradient)."""
+    if zero_head:
+        _linear_head(model, "zero_head")
+    return "zeros" if zero_head else None
+
+
 def maml(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_order: bool = False,
-         problem: str | Problem = "classification", strategy: str = "auto") -> GradientMetaLearner:
-    """MAML (Finn et al., 2017): second-order meta-gradient through ``steps`` inner SGD steps."""
-    cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem))
+         problem: str | Problem = "classification", strategy: str = "auto",
+         zero_head: bool = False) -> GradientMetaLearner:
+    """MAML (Finn et al., 2017): second-order meta-gradient through ``steps`` inner SGD steps; ``zero_head``: each
+    task's head starts at zero (Kao et al.'s zeroing trick)."""
+    cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem),
+                      head_init=_zero_head(model, zero_head))
     return GradientMetaLearner(model, cfg, name="fomaml" if first_order else "maml")
 
 
@@ -117,19 +136,23 @@ def fomaml(model: nn.Module, **kw) -> GradientMetaLearner:
 
 
 def metasgd(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_order: bool = False,
-            problem: str | Problem = "classification", strategy: str = "auto") -> GradientMetaLearner:
+            problem: str | Problem = "classification", strategy: str = "auto",
+            zero_head: bool = False) -> GradientMetaLearner:
     """Meta-SGD (Li et al., 2017): inner learning rates per parameter entry, meta-learned with the init."""
-    cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem))
+    cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem),
+                      head_init=_zero_head(model, zero_head))
     return GradientMetaLearner(model, cfg, learn_lr=True, name="metasgd")
 
 
 def anil(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_order: bool = False,
-         problem: str | Problem = "classification", strategy: str = "auto") -> GradientMetaLearner:
+         problem: str | Problem = "classification", strategy: str = "auto",
+         zero_head: bool = False) -> GradientMetaLearner:
     """ANIL (Raghu et al., 2020): only the head adapts in the inner loop."""
     _, head = split_body_head(dict(model.named_parameters()))
     if not head:
         raise ArgumentError("ANIL needs a model with 'head.*' parameters (see metalib.models)")
-    cfg = InnerConfig(steps, inner_lr, first_order, tuple(head), strategy, get_problem(problem))
+    cfg = InnerConfig(steps, inner_lr, first_order, tuple(head), strategy, get_problem(problem),
+                      head_init=_zero_head(model, zero_head))
     return GradientMetaLearner(model, cfg, name="anil")
 
 
@@ -139,9 +162,7 @@ def protomaml(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_
     its support set (``W_c = 2 c_c``, ``b_c = -|c_c|^2``), then adapts with the body. The model's own head
     parameters only give the head's shape (their meta-gradient is zero); the prototypes carry the meta-gradient
     into the body even when ``first_order``."""
-    _, head = split_body_head(dict(model.named_parameters()))
-    if sorted(head) != ["head.bias", "head.weight"]:
-        raise ArgumentError("Proto-MAML needs a model with a linear head 'head.weight', 'head.bias' (e.g. conv4(5))")
+    _linear_head(model, "Proto-MAML")
     cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem), head_init="prototypes")
     return GradientMetaLearner(model, cfg, name="protomaml")
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..tasks import TaskBatch
 from ..types import Params
-from .core import InnerConfig, LearningRate, at_step, inner_path, prototype_head, query_loss, on_minibatches
+from .core import InnerConfig, LearningRate, at_step, inner_path, query_loss, on_minibatches, start_head
 from .one_task import head_only
 
 
@@ -32,13 +32,11 @@ class BatchedEngine:
         fast = {k: params[k].expand(B, *params[k].shape) for k in names}
         if head_only(model, names) and not cfg.per_step:
             features = model.embed_tasks(params, x, False, cl)
-            if cfg.head_init:
-                fast.update(prototype_head(features, y, fast))
+            fast.update(start_head(cfg, fast, lambda: features, y))
             path = inner_path(on_minibatches(lambda p, i, xb, yb: cfg.problem.task_loss(model.head_tasks(p, xb), yb).sum(),
                                              features, y, cfg.support_batches), fast, lr, cfg)
             return [{**fixed, **p} for p in path], lambda p, inp, i: model.head_tasks(p, model.embed_tasks(p, inp, False, cl))
-        if cfg.head_init:
-            fast.update(prototype_head(model.embed_tasks(at_step(params, cfg.per_step, 0), x, False, cl), y, fast))
+        fast.update(start_head(cfg, fast, lambda: model.embed_tasks(at_step(params, cfg.per_step, 0), x, False, cl), y))
         second_order = not cfg.first_order  # the support passes' graphs are differentiated again
         path = inner_path(on_minibatches(lambda p, i, xb, yb: cfg.problem.task_loss(
             model.forward_tasks(at_step({**fixed, **p}, cfg.per_step, i), xb, second_order, cl), yb).sum(),

@@ -13,6 +13,8 @@ Every gradient-based algorithm in metalib is an :class:`InnerConfig` of this loo
   weights: ``[steps + 1, *shape]``, the last for the query pass) and ``step_weights`` (the multi-step loss: the
   query loss after every step, weighted);
 * ``head_init="prototypes"`` starts each task's linear head from its class prototypes (Proto-MAML);
+  ``head_init="zeros"`` from zero (Kao et al.'s zeroing trick: every class starts equal, so the meta-learned
+  head's arbitrary class order adds no noise to the meta-gradient);
 * ``support_batches=n`` gives inner step ``i`` only the ``i % n``-th of ``n`` disjoint, class-balanced slices of
   the support set (Reptile's inner minibatches: consecutive steps see different examples).
 
@@ -35,11 +37,12 @@ from ..tasks import TaskBatch
 from ..types import Params
 
 __all__ = ["InnerConfig", "sgd_step", "with_proximal", "lr_at", "at_step", "inner_sgd", "inner_path", "query_loss",
-           "prototype_head", "support_minibatch", "on_minibatches", "adapt",
+           "prototype_head", "start_head", "support_minibatch", "on_minibatches", "adapt",
            "task_losses", "STRATEGIES"]
 
 Strategy = Literal["auto", "batched", "vmap", "loop", "threads"]
 STRATEGIES = ("auto", "batched", "vmap", "loop", "threads")
+HEAD_INITS = (None, "prototypes", "zeros")
 LearningRate = float | Tensor | Mapping[str, Tensor]
 
 
@@ -57,7 +60,7 @@ class InnerConfig:
     lr_per_step: bool = False             # learning-rate tensors are [steps, ...]: one rate per step
     per_step: tuple[str, ...] = ()        # fixed parameters given as [steps + 1, *shape]: one value per step
     step_weights: tuple[float, ...] | None = None  # multi-step loss: weights of the query losses after steps 1..n
-    head_init: str | None = None          # "prototypes": each task's head starts from its class prototypes
+    head_init: str | None = None          # "prototypes" | "zeros": where each task's head starts (None: the model's)
     support_batches: int | None = None    # step i adapts on slice i % n of the support set (None: all of it)
 
     def __post_init__(self):
@@ -71,8 +74,8 @@ class InnerConfig:
             raise ArgumentError(f"step_weights needs one weight per inner step ({self.steps}), got {len(self.step_weights)}")
         if self.support_batches is not None and self.support_batches < 1:
             raise ArgumentError(f"support_batches must be >= 1 (or None), got {self.support_batches}")
-        if self.head_init not in (None, "prototypes"):
-            raise ArgumentError(f"head_init must be None or 'prototypes', got {self.head_init!r}")
+        if self.head_init not in HEAD_INITS:
+            raise ArgumentError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
 
 
 def sgd_step(params: Params, grads: Mapping[str, Tensor], lr: LearningRate) -> Params:
@@ -192,6 +195,16 @@ def prototype_head(features: Tensor, y: Tensor, head: Params) -> Params:
     onehot = torch.nn.functional.one_hot(y, ways).to(features.dtype)  # [..., n, N]
     protos = onehot.transpose(-1, -2) @ features / onehot.sum(-2).clamp_min(1).unsqueeze(-1)  # [..., N, D]
     return {"head.weight": 2 * protos, "head.bias": -protos.pow(2).sum(-1)}
+
+
+def start_head(cfg: InnerConfig, fast: Params, features: Callable[[], Tensor], y: Tensor) -> Params:
+    """Each task's starting head as ``cfg.head_init`` sets it (to update ``fast`` with; ``{}`` for the model's own):
+    the prototypes of the support ``features()`` (computed only then) or zeros shaped like ``fast``'s head."""
+    if cfg.head_init == "prototypes":
+        return prototype_head(features(), y, fast)
+    if cfg.head_init == "zeros":
+        return {k: torch.zeros_like(v) for k, v in fast.items() if k in ("head.weight", "head.bias")}
+    return {}
 
 
 def adapt(model: nn.Module, params: Params, batch: TaskBatch, cfg: InnerConfig,

@@ -8,7 +8,7 @@ from torch.func import functional_call, grad
 
 from ..models import BodyHeadModel, TaskBatchedModel
 from ..types import Params
-from .core import (InnerConfig, LearningRate, at_step, inner_path, lr_at, prototype_head, query_loss, sgd_step,
+from .core import (InnerConfig, LearningRate, at_step, inner_path, lr_at, query_loss, start_head, sgd_step,
                    on_minibatches, with_proximal)
 
 Forward = Callable[..., Tensor]
@@ -70,13 +70,11 @@ def adapt_one(model: nn.Module, params: Params, lr: LearningRate, x: Tensor, y: 
     fast = {k: params[k] for k in names}
     if head_only(model, names) and not cfg.per_step:
         features = embed(params, x)  # the body is fixed: its features are computed once per task
-        if cfg.head_init:
-            fast.update(prototype_head(features, y, fast))
+        fast.update(start_head(cfg, fast, lambda: features, y))
         path = sgd(on_minibatches(lambda p, i, xb, yb: cfg.problem.loss(head(p, xb), yb), features, y,
                                   cfg.support_batches), fast, lr, cfg)
         return [{**fixed, **p} for p in path], lambda p, inp, i: head(p, embed(p, inp))
-    if cfg.head_init:
-        fast.update(prototype_head(embed(at_step(params, cfg.per_step, 0), x), y, fast))
+    fast.update(start_head(cfg, fast, lambda: embed(at_step(params, cfg.per_step, 0), x), y))
     second_order = not cfg.first_order  # the support passes' graphs are differentiated again
     path = sgd(on_minibatches(lambda p, i, xb, yb: cfg.problem.loss(
         fwd(at_step({**fixed, **p}, cfg.per_step, i), xb, second_order), yb), x, y, cfg.support_batches), fast, lr, cfg)
