@@ -84,11 +84,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            why="Finn et al.'s Omniglot settings (meta-batch 32, one inner step at 0.4, 3 test steps) with 5 "
                "training queries per class (2.2x faster steps than 15 on 2 CPU cores) and a cosine-annealed "
                "outer learning rate, so that 8000 steps fit in about two hours."),
-    Recipe("fomaml-omniglot-5w1s", "fomaml", ways=5, shots=1, queries=5, steps=5000, meta_batch=32, outer_lr=1e-3,
-           lr_schedule="cosine", lr_min=1e-5, inner_lr=0.4, inner_steps=1, eval_steps=3,
+    Recipe("fomaml-omniglot-5w1s", "fomaml", ways=5, shots=1, queries=5, steps=2500, meta_batch=32, outer_lr=1e-3,
+           lr_schedule="cosine", lr_min=1e-5, inner_lr=0.1, inner_steps=5, eval_steps=10,
            published={"5w1s": "98.3 +/- 0.5"},
-           why="The MAML recipe with the first-order meta-gradient (Finn et al.'s first-order row); 5000 "
-               "cosine-annealed steps, about 100 minutes on one core of 2 (1.1 s per step)."),
+           why="First-order MAML (Finn et al.'s first-order row) with 5 inner steps at 0.1 instead of MAML's one step "
+               "at 0.4: with one step the first-order meta-gradient learned slowly here (89% after 5000 steps; "
+               "validation 79% after 500, where 5 steps at 0.1 reached 93%). Otherwise MAML's recipe; 10 test "
+               "steps at 0.1; 2500 cosine-annealed steps, about 80 minutes on 2 cores (3.4 CPU-seconds per step)."),
     Recipe("anil-omniglot-5w1s", "anil", ways=5, shots=1, queries=5, steps=4000, meta_batch=32, outer_lr=1e-3,
            lr_schedule="cosine", lr_min=1e-5, inner_lr=0.4, inner_steps=1, eval_steps=3,
            published={},
