@@ -90,7 +90,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            why="First-order MAML (Finn et al.'s first-order row) with 5 inner steps at 0.1 instead of MAML's one step "
                "at 0.4: with one step the first-order meta-gradient learned slowly here (89% after 5000 steps; "
                "validation 79% after 500, where 5 steps at 0.1 reached 93%). Otherwise MAML's recipe; 10 test "
-               "steps at 0.1; 2500 cosine-annealed steps, about 80 minutes on 2 cores (3.4 CPU-seconds per step)."),
+               "steps at 0.1; 2500 cosine-annealed steps: 74 minutes on 2 cores (3.3 CPU-seconds per step)."),
     Recipe("anil-omniglot-5w1s", "anil", ways=5, shots=1, queries=5, steps=4000, meta_batch=32, outer_lr=1e-3,
            lr_schedule="cosine", lr_min=1e-5, inner_lr=0.4, inner_steps=1, eval_steps=3,
            published={},
