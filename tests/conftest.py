@@ -75,3 +75,14 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def two_or_more_threads():
+    """The threads strategy spreads tasks over ``torch.get_num_threads()`` workers: make that >= 2 here."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(2, old))
+    yield
+    torch.set_num_threads(old)

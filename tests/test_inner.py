@@ -69,6 +69,12 @@ def flat(grads) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
+def meta_gradient_gap(learner, batch, expected: list) -> float:
+    """Max |learner.meta_gradient - expected| over every meta-parameter (``expected`` in meta_parameters() order)."""
+    grads, _ = learner.meta_gradient(batch)
+    return (flat([grads[k] for k in learner.meta_parameters()]) - flat(expected)).abs().max().item()
+
+
 @pytest.mark.parametrize("strategy", ["batched", "vmap", "loop", "threads"])
 def test_conv4_second_order_meta_gradient_matches_finite_differences(strategy, two_or_more_threads):
     model = conv4(5, seed=0).double()
@@ -222,15 +228,6 @@ def test_auto_strategy_follows_the_measurements():
     assert resolve_strategy("auto", gpu, torch.nn.Linear(1, 1)) == "vmap"
     with pytest.raises(ValueError, match="forward_tasks"):
         resolve_strategy("batched", cpu, torch.nn.Linear(1, 1))
-
-
-@pytest.fixture
-def two_or_more_threads():
-    """The threads strategy spreads tasks over ``torch.get_num_threads()`` workers: make that >= 2 here."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(2, old))
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("tasks", [1, 3])
