@@ -24,7 +24,7 @@ run: venv            ## execute the notebooks with papermill into output/$(PROFI
 	$(PY) -m metalib.runner run --profile $(PROFILE) $(ARGS)
 
 test: venv           ## the whole test suite, notebook regression tests included
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 lab: venv            ## open the collection in JupyterLab with the project's kernel (also as root, as in containers)
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
