@@ -11,6 +11,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -57,7 +58,7 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
                checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 500, resume: bool = True,
                time_budget: float | None = None, progress: bool = True,
                snapshot_every: int | None = None, run_settings: dict | None = None,
-               execution: Execution = LOCAL) -> pd.DataFrame:
+               execution: Execution = LOCAL, on_row: Callable[[dict], None] | None = None) -> pd.DataFrame:
     """Meta-train ``learner`` for ``steps`` outer steps of ``meta_batch`` tasks; return the history.
 
     * ``val_sampler``: every ``val_every`` steps, evaluate on its first ``val_tasks`` tasks;
@@ -70,7 +71,9 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
     * ``run_settings``: what defines the run (e.g. the CLI's options); stored in the checkpoint, and a
       resume with different settings stops with an error naming them;
     * ``execution``: where the steps run (:mod:`metalib.execution`; one process by default,
-      :func:`metalib.distributed.distributed_meta_train` passes a sharded one).
+      :func:`metalib.distributed.distributed_meta_train` passes a sharded one);
+    * ``on_row``: called (on the main process) with each history row as it is recorded, e.g. to log
+      progress to a file when no progress bar is shown.
 
     History rows hold the averaged training metrics, ``time_s`` (training wall clock, validation
     excluded), ``cpu_s`` (this process's CPU time over the same spans) and validation results.
@@ -152,6 +155,8 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
                 res = evaluate(learner, val_sampler, n_tasks=val_tasks, steps=val_steps, execution=execution)
                 row.update({f"val_{res.metric}": res.mean, "val_ci95": res.ci95})
             history.append(row)
+            if on_row is not None and execution.is_main:
+                on_row(row)
             bar.set_postfix({k: round(v, 4) for k, v in row.items() if k.startswith(("train_", "val_"))})
         if snapshot_every and done % snapshot_every == 0:
             snapshot(done)

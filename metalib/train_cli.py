@@ -302,6 +302,14 @@ def _run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _history_line(row: dict) -> str:
+    """One history row as a log line (``--no-progress``: a redirected log still shows how the run goes)."""
+    fields = [f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_")) and k != "val_ci95"]
+    if "val_ci95" in row:
+        fields[-1] += f" +/- {row['val_ci95']:.4f}"
+    return f"step {row['step']}: " + ", ".join(fields) + f"; {row['time_s'] / 60:.1f} min of training"
+
+
 def _train(a: argparse.Namespace, evaluate_after: bool) -> tuple[MetaLearner, pd.DataFrame]:
     check_outputs(a)
     ctx = init_distributed(a.backend, timeout=a.timeout, device=a.device)
@@ -324,7 +332,8 @@ def _train(a: argparse.Namespace, evaluate_after: bool) -> tuple[MetaLearner, pd
             scheduler=scheduler, snapshot_every=a.snapshot_every or None, run_settings=run_settings(a),
             val_sampler=val, val_every=a.val_every, val_tasks=a.val_tasks, val_steps=a.eval_steps,
             checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=not a.no_resume,
-            time_budget=a.time_budget, progress=a.progress)
+            time_budget=a.time_budget, progress=a.progress,
+            on_row=None if a.progress else (lambda row: say(_history_line(row), flush=True)))
         if evaluate_after:
             say(history.to_string(index=False), flush=True)
         if a.history_csv and ctx.is_main:

@@ -126,3 +126,20 @@ def test_protonet_learns_a_synthetic_task_family():
     meta_train(learner, sampler, steps=20, meta_batch=4, progress=False)
     result = evaluate(learner, EpisodeSampler(images, ways=5, shots=1, queries=5, seed=2), n_tasks=40)
     assert result.mean > 0.9
+
+
+def test_without_a_progress_bar_the_cli_logs_each_history_row_as_it_is_recorded(tmp_path, capsys, monkeypatch):
+    """``--no-progress`` into a log file (nohup) must show how a long run goes, not only its final table."""
+    from metalib.train_cli import run
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    base = ["--dataset", "sinusoid", "--shots", "5", "--steps", "4", "--meta-batch", "2", "--val-every", "2",
+            "--val-tasks", "3", "--eval-tasks", "0"]
+    assert run([*base, "--no-progress", "--checkpoint", str(tmp_path / "a.pt")]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("step ")]
+    assert [r.split(":")[0] for r in rows] == ["step 2", "step 4"]
+    assert all("train_loss" in r and "val_mse" in r and " +/- " in r and r.endswith("min of training") for r in rows)
+    assert out.index("step 4:") < out.index("train_loss  ")  # logged before the final table
+    assert run([*base, "--progress", "--checkpoint", str(tmp_path / "b.pt")]) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
