@@ -37,6 +37,7 @@ class Recipe:
     eval_steps: int | None = None  # test-time adaptation steps
     inner_batches: int | None = None  # Reptile: class-balanced inner minibatches of the training support set
     zero_head: bool = False        # every task's head starts at zero (Kao et al.'s zeroing trick)
+    train_split: str = "train"     # vinyals classes trained on: train, or trainval (the papers' 1200 characters)
     tests: tuple[tuple[int, int], ...] = ((5, 1),)  # (ways, shots) columns this model is evaluated on
     batchnorm: tuple[str, ...] = ("transductive",)  # evaluation modes (metalib.inner.inductive); Reptile reports both
     eval_queries: int = 15
@@ -66,6 +67,8 @@ class Recipe:
                 a += [flag, str(value)]
         if self.zero_head:
             a.append("--zero-head")
+        if self.train_split != "train":
+            a += ["--train-split", self.train_split]
         return a
 
     def as_dict(self) -> dict:
@@ -133,6 +136,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            published={k: _PROTO_PAPER[k] for k in ("5w1s", "20w1s")},
            why="Snell et al.'s Omniglot training: 60-way episodes, 5 queries per class, shots as at test time, "
                "Adam 1e-3 halved every 2000 episodes; stopped at 4000 episodes (about 30 minutes on 2 cores)."),
+    Recipe("protonet-omniglot-1shot-trainval", "protonet", ways=60, shots=1, queries=5, steps=4000, meta_batch=1,
+           outer_lr=1e-3, lr_schedule="step", lr_step_size=2000, lr_gamma=0.5, tests=((5, 1), (20, 1)),
+           train_split="trainval", val_tasks=0, published={k: _PROTO_PAPER[k] for k in ("5w1s", "20w1s")},
+           why="protonet-omniglot-1shot trained on the 1200 characters of train + val (4800 rotated classes), as "
+               "Snell et al. and Finn et al. trained for their test figures, instead of train's 1028; no validation. "
+               "Everything else as that recipe, so the pair measures what the extra classes give."),
     Recipe("protonet-omniglot-5shot", "protonet", ways=60, shots=5, queries=5, steps=2500, meta_batch=1,
            outer_lr=1e-3, lr_schedule="step", lr_step_size=1000, lr_gamma=0.5, tests=((5, 5), (20, 5)),
            published={k: _PROTO_PAPER[k] for k in ("5w5s", "20w5s")},

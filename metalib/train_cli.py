@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query examples per class (sinusoid: per task); default 15 for omniglot, 10 for sinusoid")
     g.add_argument("--protocol", choices=["vinyals", "lake"], default="vinyals",
                    help="Omniglot class split (lake has no validation split)")
+    g.add_argument("--train-split", choices=["train", "trainval"], default="train",
+                   help="vinyals classes to train on: train (1028 characters) or trainval (train + val, 1200 characters, "
+                        "as Snell et al. and Finn et al. trained for their test figures; needs --val-tasks 0)")
     g.add_argument("--data-dir", default=None, help="local Omniglot copy (default: METALIB_DATA_DIR or download)")
     g.add_argument("--hidden", type=int, default=64, help="conv4 channels (omniglot)")
 
@@ -159,6 +162,10 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         a.val_tasks = 100 if a.protocol == "vinyals" else 0
     elif a.protocol == "lake" and a.val_tasks > 0:
         p.error("--protocol lake has no validation split: pass --val-tasks 0 (or use --protocol vinyals)")
+    if a.train_split == "trainval" and a.protocol != "vinyals":
+        p.error("--train-split trainval is a vinyals split: drop it or use --protocol vinyals")
+    if a.train_split == "trainval" and a.val_tasks > 0:
+        p.error("--train-split trainval trains on the validation classes: pass --val-tasks 0 (no validation)")
     for name in ("val_tasks", "eval_tasks", "snapshot_every"):
         if getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
@@ -206,6 +213,8 @@ def run_settings(a: argparse.Namespace) -> dict[str, object]:
     settings = {k: getattr(a, k) for k in RUN_OPTIONS}
     if a.lr_schedule == "cosine":
         settings["steps"] = a.steps
+    if a.train_split != "train":  # only where it is set, so earlier checkpoints keep their settings
+        settings["train_split"] = a.train_split
     if a.algorithm == "imaml":  # only where they matter, so other runs' checkpoints keep their settings
         settings.update(proximal=a.proximal, cg_steps=a.cg_steps)
     if a.algorithm == "mamlpp":
@@ -235,7 +244,9 @@ def _samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
     from .data import omniglot_splits
 
     wanted = ("train", "val", "test") if a.val_tasks > 0 else ("train", "test")
-    splits = prepare_once(lambda: omniglot_splits(a.protocol, splits=wanted, data_dir=a.data_dir), ctx)
+    read = [a.train_split if s == "train" else s for s in wanted]
+    loaded = prepare_once(lambda: omniglot_splits(a.protocol, splits=read, data_dir=a.data_dir), ctx)
+    splits = {s: loaded[r] for s, r in zip(wanted, read)}
     queries = 15 if a.queries is None else a.queries
     ways, shots = a.eval_ways or a.ways, a.eval_shots or a.shots
     eval_queries = a.eval_queries or queries
