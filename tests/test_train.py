@@ -143,3 +143,32 @@ def test_without_a_progress_bar_the_cli_logs_each_history_row_as_it_is_recorded(
     assert out.index("step 4:") < out.index("train_loss  ")  # logged before the final table
     assert run([*base, "--progress", "--checkpoint", str(tmp_path / "b.pt")]) == 0
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+
+
+def test_trainval_training_draws_the_papers_1200_characters_and_is_part_of_the_run(tmp_path, omniglot_data_dir,
+                                                                                   capsys, monkeypatch):
+    """``--train-split trainval`` trains on train + val (4800 rotated classes against train's 4112), refuses a
+    validation set that would then be seen in training, and a checkpoint of one split does not resume the other."""
+    from metalib.distributed import DistContext
+    from metalib.train_cli import _samplers, parse_args, run
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    counts = {}
+    for split in ("train", "trainval"):
+        _, a = parse_args(["--algorithm", "protonet", "--train-split", split, "--val-tasks", "0",
+                           "--data-dir", str(omniglot_data_dir)])
+        samplers = _samplers(a, DistContext())
+        counts[split] = (samplers["train"].num_classes, samplers["test"].num_classes)
+    assert counts == {"train": (4112, 1692), "trainval": (4800, 1692)}
+
+    base = ["--algorithm", "protonet", "--ways", "5", "--queries", "2", "--steps", "1", "--val-tasks", "0",
+            "--eval-tasks", "0", "--data-dir", str(omniglot_data_dir), "--checkpoint", str(tmp_path / "run.pt"),
+            "--no-progress"]
+    assert run(base + ["--train-split", "trainval"]) == 0
+    capsys.readouterr()
+    assert run(base) == 2  # the same checkpoint, now on train only: another run
+    assert "belongs to a different run" in capsys.readouterr().err
+    for bad, fix in ((["--val-tasks", "10"], "--val-tasks 0"), (["--protocol", "lake"], "--protocol vinyals")):
+        with pytest.raises(SystemExit):
+            parse_args(["--algorithm", "protonet", "--train-split", "trainval", *bad])
+        assert fix in capsys.readouterr().err
