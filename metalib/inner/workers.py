@@ -13,13 +13,15 @@ __all__ = ["pool", "chunks", "map_chunks"]
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
+_FORKED = False  # this process is a fork of one that imported this module
 
 
 def _forget_pools_after_fork() -> None:
     """A forked child inherits the pools but not their threads (and maybe a held lock): start afresh."""
-    global _POOLS_LOCK
+    global _POOLS_LOCK, _FORKED
     _POOLS.clear()
     _POOLS_LOCK = threading.Lock()
+    _FORKED = True
 
 
 os.register_at_fork(after_in_child=_forget_pools_after_fork)
@@ -54,7 +56,11 @@ def chunks(n_tasks: int, parallel: bool) -> list[slice]:
 
 def map_chunks(fn: Callable[[slice], object], parts: Sequence[slice]) -> list:
     """``[fn(chunk) for chunk in parts]``: inline for one chunk, else on the worker threads in the
-    caller's grad mode."""
+    caller's grad mode. In a forked child the chunks run one after another on a single fresh worker:
+    concurrent chunks there crashed now and then inside MKL (a segfault in two workers' matrix products
+    in a CI run), and the child's own thread cannot run them either, since its OpenMP pool is the
+    parent's, whose threads do not exist (a parallel region there hangs). Each chunk still computes
+    with one intra-op thread, so the results are those of the parallel path."""
     if len(parts) == 1:
         return [fn(parts[0])]
     grad_mode = torch.is_grad_enabled()
@@ -62,4 +68,4 @@ def map_chunks(fn: Callable[[slice], object], parts: Sequence[slice]) -> list:
     def work(chunk: slice):
         with torch.set_grad_enabled(grad_mode):
             return fn(chunk)
-    return list(pool(len(parts)).map(work, parts))
+    return list(pool(1 if _FORKED else len(parts)).map(work, parts))
