@@ -162,6 +162,15 @@ RECIPES["protonet-omniglot-5shot-trainval"] = replace(
         "(about 35 minutes on 2 cores).")
 
 
+RECIPES["maml-omniglot-5w1s-trainval"] = replace(
+    RECIPES["maml-omniglot-5w1s"], name="maml-omniglot-5w1s-trainval", train_split="trainval", val_tasks=0,
+    lr_min=0.0,
+    why="maml-omniglot-5w1s trained as Finn et al. trained for their test figures: on the 1200 characters of train + "
+        "val instead of train's 1028, no validation (which also saves its time), the outer learning rate annealed "
+        "by a cosine from 1e-3 to 0 over the same 8000 steps (about 110 minutes on 2 idle cores). The same two "
+        "changes took the 1-shot ProtoNet from 98.32% to 98.53%.")
+
+
 def get_recipe(name: str) -> Recipe:
     """The recipe called ``name``; the error lists the known ones."""
     if name not in RECIPES:
