@@ -159,7 +159,7 @@ RECIPES["protonet-omniglot-5shot-trainval"] = replace(
     lr_schedule="cosine", lr_min=0.0,
     why="protonet-omniglot-5shot trained as protonet-omniglot-1shot-trainval: on the 1200 characters of train + val, "
         "no validation, the learning rate annealed by a cosine from 1e-3 to 0 over the same 2500 episodes "
-        "(about 35 minutes on 2 cores).")
+        "(29.6 minutes on 2 idle cores).")
 
 
 RECIPES["maml-omniglot-5w1s-trainval"] = replace(
@@ -167,7 +167,7 @@ RECIPES["maml-omniglot-5w1s-trainval"] = replace(
     lr_min=0.0,
     why="maml-omniglot-5w1s trained as Finn et al. trained for their test figures: on the 1200 characters of train + "
         "val instead of train's 1028, no validation (which also saves its time), the outer learning rate annealed "
-        "by a cosine from 1e-3 to 0 over the same 8000 steps (about 110 minutes on 2 idle cores). The same two "
+        "by a cosine from 1e-3 to 0 over the same 8000 steps (113 minutes on 2 idle cores). The same two "
         "changes took the 1-shot ProtoNet from 98.32% to 98.53%.")
 
 
