@@ -41,6 +41,18 @@ def test_shipped_models_recipe_is_still_the_recipe_of_that_name(name):
     assert Recipe(**shipped).argv() == RECIPES[name].argv()
 
 
+def test_results_label_each_model_by_its_recipe_variant():
+    """Notebooks 04 and 05 label the table's rows by algorithm and variant, so no two models of one column share both."""
+    from metalib.pretrained import results
+
+    table = results()
+    assert set(table["model"]) == set(MODELS)
+    variants = dict(zip(table["model"], table["variant"]))
+    assert variants["maml-omniglot-5w1s"] == "" and variants["maml-omniglot-5w1s-trainval"] == "trainval"
+    assert not table.duplicated(["column", "algorithm", "variant", "batchnorm"]).any()
+    assert (table["meta_batch"] == [manifest(m)["recipe"]["meta_batch"] for m in table["model"]]).all()
+
+
 def test_unknown_model_names_the_available_ones():
     with pytest.raises(ValueError, match="available"):
         manifest("no-such-model")

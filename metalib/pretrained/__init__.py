@@ -56,19 +56,27 @@ def load_pretrained(name: str, device: torch.device | str = "cpu") -> MetaLearne
     return learner.eval()
 
 
+def _variant(name: str) -> str:
+    """What a recipe's name adds after its algorithm, dataset and column: "" for ``maml-omniglot-5w1s``,
+    "trainval" for ``maml-omniglot-5w1s-trainval``."""
+    return name.split("-", 3)[3] if name.count("-") >= 3 else ""
+
+
 def results() -> pd.DataFrame:
-    """One row per shipped model and test column: the classes it trained on (vinyals train or trainval), mean
-    and 95% interval over 600 test tasks, test steps, BatchNorm mode, the published figure, and the training time and machine (from the manifests)."""
+    """One row per shipped model and test column: its variant (the recipe name's tail, e.g. "trainval"), the
+    classes it trained on (vinyals train or trainval), the meta-batch, mean and 95% interval over 600 test tasks,
+    test steps, BatchNorm mode, the published figure, and the training time and machine (from the manifests)."""
     import pandas as pd
 
-    columns = ["model", "algorithm", "train_split", "column", "accuracy", "ci95", "n_tasks", "test_steps", "batchnorm", "published",
-               "train_min", "steps", "machine"]
+    columns = ["model", "algorithm", "variant", "train_split", "meta_batch", "column", "accuracy", "ci95", "n_tasks",
+               "test_steps", "batchnorm", "published", "train_min", "steps", "machine"]
     rows = []
     for name in available():
         info = manifest(name)
         for e in info["evaluation"]:
-            rows.append({"model": name, "algorithm": info["recipe"]["algorithm"],
+            rows.append({"model": name, "algorithm": info["recipe"]["algorithm"], "variant": _variant(name),
                          "train_split": info["recipe"].get("train_split", "train"),
+                         "meta_batch": info["recipe"]["meta_batch"],
                          "column": f"{e['ways']}-way {e['shots']}-shot", "accuracy": e["mean"], "ci95": e["ci95"],
                          "n_tasks": e["n_tasks"], "test_steps": e["test_steps"], "batchnorm": e["batchnorm"],
                          "published": e.get("published"), "train_min": (info["wall_clock_s"] or 0) / 60,
