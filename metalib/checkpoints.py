@@ -5,29 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
+from .outputs import torch_save_atomic
 from .paths import process_running
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_same_run", "require_keys", "restore",
-           "sweep_temporaries", "OutputPathError", "check_writable", "code_fingerprint", "run_dir", "load_snapshots"]
+           "sweep_temporaries", "sweep_folder", "OutputPathError", "check_writable", "code_fingerprint", "run_dir", "load_snapshots",
+           "snapshot_dir"]
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write ``state`` atomically: a temporary file in the same folder, then ``os.replace``; the temporary
-    file is removed if the write fails (e.g. a full disk)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``state`` atomically (:func:`metalib.outputs.torch_save_atomic`): the previous file stays whole if the
+    write fails (a full disk gives one line naming the file), and no temporary file is left behind."""
+    torch_save_atomic(path, state, "checkpoint")
 
 
 class CheckpointError(UserError, ValueError):
@@ -67,7 +63,16 @@ def require_keys(path: str | os.PathLike, state: dict, keys: tuple[str, ...], wh
 
 
 def restore(path: str | os.PathLike, module_or_optimizer, state: dict, what: str) -> None:
-    """``load_state_dict`` with a one-line error when the checkpoint was written for another model or optimiser."""
+    """``load_state_dict`` with a one-line error when the checkpoint was written for another model or optimiser,
+    or holds tensors of another dtype than the module's (``load_state_dict`` would cast them silently: a float16
+    copy of a float32 run resumes with its precision lost)."""
+    if isinstance(module_or_optimizer, torch.nn.Module):
+        own = module_or_optimizer.state_dict()
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and k in own and v.is_floating_point() and v.dtype != own[k].dtype:
+                raise CheckpointError(f"checkpoint {path} holds {k} as {v.dtype} where this {what} has "
+                                      f"{own[k].dtype}: it is a converted copy, not this run's checkpoint; resume from "
+                                      f"the original file, or start over with another checkpoint path or --no-resume")
     try:
         module_or_optimizer.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as exc:
@@ -81,24 +86,44 @@ def sweep_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove temporary files that :func:`save_checkpoint` left next to ``path`` when its process was killed
     (``.<name>.tmp<PID>`` whose PID no longer runs); returns what was removed. Nothing else is touched."""
     path = Path(path)
+    return _sweep(path.parent, re.compile(rf"\.{re.escape(path.name)}\.tmp(\d+)(?:-\d+)?"))
+
+
+def sweep_folder(folder: str | os.PathLike) -> list[Path]:
+    """:func:`sweep_temporaries` for every file of ``folder`` (e.g. the snapshots of a run): removes the
+    ``.<name>.tmp<PID>`` files of processes that no longer run."""
+    folder = Path(folder)
+    return _sweep(folder, re.compile(r"\..+\.tmp(\d+)(?:-\d+)?")) if folder.is_dir() else []
+
+
+def _sweep(folder: Path, pattern: re.Pattern) -> list[Path]:
     removed = []
-    for tmp in path.parent.glob(f".{path.name}.tmp*"):
-        pid = tmp.name[len(f".{path.name}.tmp"):]
-        if pid.isdigit() and int(pid) != os.getpid() and not process_running(int(pid)):
+    for tmp in folder.glob(".*.tmp*"):
+        match = pattern.fullmatch(tmp.name)
+        if match and int(match.group(1)) != os.getpid() and not process_running(int(match.group(1))):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 
 
 def check_same_run(checkpoint: str | os.PathLike, saved: dict | None, wanted: dict | None) -> None:
-    """A resumed run must be the same run: compare the settings recorded in the checkpoint with this run's."""
+    """A resumed run must be the same run: compare the settings recorded in the checkpoint with this run's.
+
+    Keys starting with ``_`` are not settings; ``wanted["_defaults"]`` (if present) gives the values that options
+    left unset resolve to, so a recorded ``None`` equals that value."""
     if saved is None or wanted is None:
         return
-    keys = sorted(set(saved) | set(wanted))
-    differ = [f"{k}: checkpoint {saved.get(k)!r}, now {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k)]
+    defaults = wanted.get("_defaults") or {}
+
+    def same(k: str) -> bool:
+        a, b = saved.get(k), wanted.get(k)
+        return a == b or (a is None and k in defaults and b == defaults[k])
+
+    keys = sorted(k for k in set(saved) | set(wanted) if not str(k).startswith("_"))
+    differ = [f"{k}: checkpoint {saved.get(k)!r}, now {wanted.get(k)!r}" for k in keys if not same(k)]
     if differ:
         raise CheckpointError(f"checkpoint {checkpoint} belongs to a different run ({'; '.join(differ)}); resume with the "
-                         f"same settings, or start over with another checkpoint path or --no-resume")
+                              f"same settings, or start over with another checkpoint path or --no-resume")
 
 
 def code_fingerprint() -> str:
@@ -124,10 +149,15 @@ def run_dir(root: str | os.PathLike, settings: dict) -> Path:
     return folder
 
 
+def snapshot_dir(checkpoint: str | os.PathLike) -> Path:
+    """The folder of the snapshots kept beside ``checkpoint``: ``<checkpoint>.snapshots``."""
+    return Path(checkpoint).with_name(Path(checkpoint).name + ".snapshots")
+
+
 def load_snapshots(checkpoint: str | os.PathLike) -> dict[int, dict]:
     """The meta-parameter snapshots ``meta_train(..., snapshot_every=N)`` kept next to ``checkpoint``:
     ``{step: state}`` with ``state["learner"]`` (a ``state_dict``), ``state["elapsed"]`` and ``state["cpu_s"]``."""
-    folder = Path(checkpoint).with_name(Path(checkpoint).name + ".snapshots")
+    folder = snapshot_dir(checkpoint)
     return {int(p.stem[len("step"):]): load_checkpoint(p) for p in sorted(folder.glob("step*.pt"))}
 
 
@@ -138,6 +168,9 @@ class OutputPathError(UserError, ValueError):
 def check_writable(path: str | os.PathLike, what: str = "checkpoint") -> Path:
     """Check before any long work that ``path`` can be written: its folder exists or can be created, and is
     writable; ``path`` is not a folder. Creates the folder; raises a one-line :class:`OutputPathError`."""
+    if str(path).endswith(("/", os.sep)):  # Path() drops the separator: "newdir/" would be written as a file
+        raise OutputPathError(f"{what} path {path} names a folder (it ends with {str(path)[-1]!r}); give a file name, "
+                              f"e.g. {Path(path) / 'run.pt'}")
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{what} path {path} is a folder; give a file name, e.g. {path / 'run.pt'}")

@@ -350,7 +350,9 @@ def random_architecture_search(space: SearchSpace, train_data: Batch, val_data: 
                                **train_kw: Any) -> SearchResult:
     """Random search: draw an architecture (``seed``), train it from scratch (``steps`` steps of
     :func:`train_network` with ``train_kw``, initialised with ``seed + trial``), score its validation loss; repeat
-    until ``n_trials`` trials or ``budget_s`` seconds (checked before each trial), whichever comes first.
+    until ``n_trials`` trials or ``budget_s`` seconds, whichever comes first. Within a budget no trial is started
+    that the mean trial time says would end past it, and one that still ends past it is dropped (the first is
+    always kept), so the search spends at most ``budget_s``: equal compute means equal.
 
     Trial rows: ``trial``, one column per edge (``"j->i"``), ``arch``, ``value`` (val loss), ``val_acc``, ``time_s``
     (since the start); ``best`` is ``{"arch", "init_seed"}``. :func:`metalib.search.random_search` has no time
@@ -362,18 +364,23 @@ def random_architecture_search(space: SearchSpace, train_data: Batch, val_data: 
     g, names = torch.Generator().manual_seed(seed), [f"{j}->{i}" for j, i in space.edges()]
     rows: list[dict[str, Any]] = []
     start, device = time.perf_counter(), train_data[0].device
-    while not rows or ((n_trials is None or len(rows) < n_trials)
-                       and (budget_s is None or time.perf_counter() - start < budget_s)):
+    def fits() -> bool:  # the next trial, at the mean trial time so far, ends within the budget
+        elapsed = time.perf_counter() - start
+        return budget_s is None or elapsed + elapsed / len(rows) <= budget_s
+
+    while not rows or ((n_trials is None or len(rows) < n_trials) and fits()):
         arch = space.random_architecture(g)
         net = train_network(space.network(arch, seed=seed + len(rows), device=device), train_data, steps, **train_kw)
         s = network_scores(net, {"val": val_data})
         rows.append({"trial": len(rows), **dict(zip(names, arch)), "arch": arch,
                      "value": s["val_loss"] if math.isfinite(s["val_loss"]) else math.inf, "val_acc": s["val_acc"],
                      "time_s": time.perf_counter() - start})
+    if budget_s is not None and len(rows) > 1 and rows[-1]["time_s"] > budget_s:
+        rows.pop()  # ended past the budget: not part of an equal-compute comparison
     trials = pd.DataFrame(rows)
     best = trials.loc[trials["value"].idxmin()]
     return SearchResult({"arch": best["arch"], "init_seed": seed + int(best["trial"])}, float(best["value"]),
-                        trials, time.perf_counter() - start)
+                        trials, float(trials["time_s"].iloc[-1]))
 
 
 def mixture_table(weights: Any, space: SearchSpace) -> pd.DataFrame:

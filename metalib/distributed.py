@@ -228,6 +228,10 @@ class ShardedExecution(Execution):
     def is_main(self) -> bool:  # type: ignore[override]
         return self.ctx.is_main
 
+    @property
+    def processes(self) -> int:  # type: ignore[override]
+        return self.ctx.world_size
+
     def train_tasks(self, step: int, meta_batch: int) -> list[int]:
         if meta_batch % self.ctx.world_size:
             ShardedExecution(self.ctx, meta_batch)  # raises the divisibility error

@@ -67,6 +67,7 @@ def evaluate(learner: MetaLearner, sampler, *, n_tasks: int = 600, steps: int | 
     batch_size = _check_count("batch_size", batch_size)
     check_batchnorm(batchnorm)
     idx = list(execution.eval_tasks(_check_count("n_tasks", n_tasks)))
+    learner.check_tasks(sampler)
     scores = []
     was_training = learner.training
     learner.eval()

@@ -20,6 +20,7 @@ class Execution:
     """One process: all the tasks of each step, nothing to combine."""
 
     is_main: bool = True  # this process writes checkpoints and shows progress
+    processes: int = 1    # processes that share each step (stop decisions must then be collective)
 
     def train_tasks(self, step: int, meta_batch: int) -> Sequence[int]:
         """The tasks this process draws at training step ``step`` (the sampler owns the rule)."""

@@ -9,21 +9,23 @@ A notebook reports its results with :func:`record_metric`::
 
 Under the runner, ``METALIB_METRICS_PATH`` points each kernel to ``<output dir>/<stem>.metrics.json`` next
 to the executed notebook, and the metrics are appended there (insertion order; recording a name again
-replaces it). Without that variable (interactive use) they are only printed.
+replaces it). Without that variable (interactive use) they are kept in memory (:func:`recorded`). Nothing is
+printed either way, so a reader sees the notebook's results, not its bookkeeping.
 
 The ``tolerance`` (and a recorded ``ci95``) become the baseline's tolerance; see :mod:`metalib.runner.baselines`.
-This module needs only the standard library.
+This module imports only the standard library (and :mod:`metalib.outputs`, which does too).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import threading
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["record_metric", "record_metrics", "load_metrics", "METRICS_ENV"]
+from .outputs import write_atomic
+
+__all__ = ["record_metric", "record_metrics", "recorded", "load_metrics", "METRICS_ENV"]
 
 METRICS_ENV = "METALIB_METRICS_PATH"
 
@@ -69,14 +71,8 @@ def _format_value(value: Any) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write JSON atomically (a crash or a full disk never leaves half a file)."""
+    write_atomic(path, json.dumps(data, indent=2) + "\n", "metrics file")
 
 
 def load_metrics(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -102,9 +98,13 @@ def record_metric(name: str, value: Any, *, tolerance: float | None = None, **in
     ``value`` is a float, int or str (NumPy/torch scalars are unwrapped), or an ``EvalResult`` (its mean is
     recorded, with ``ci95`` and ``n_tasks``). ``tolerance`` is the absolute deviation the regression test
     allows; ``info`` holds further JSON scalars (``ci95=`` is used for the default tolerance). Under the
-    runner the metric is written to ``$METALIB_METRICS_PATH``; interactively it is only printed.
+    runner the metric is written to ``$METALIB_METRICS_PATH``; interactively it is kept for :func:`recorded`.
+    Nothing is printed.
     """
     _store({name: _metric_entry(name, value, tolerance, info)})
+
+
+_RECORDED: dict[str, dict[str, Any]] = {}
 
 
 def _store(entries: dict[str, dict[str, Any]]) -> None:
@@ -114,6 +114,9 @@ def _store(entries: dict[str, dict[str, Any]]) -> None:
         metrics = load_metrics(path)
         metrics.update(entries)
         _write_json(path, metrics)
-    for name, entry in entries.items():
-        extras = "".join(f", {k}={_format_value(v)}" for k, v in entry.items() if k != "value")
-        print(f"metric {name} = {_format_value(entry['value'])}{' (' + extras[2:] + ')' if extras else ''}")
+    _RECORDED.update(entries)  # silent: a reader sees the notebook's results, not its bookkeeping
+
+
+def recorded() -> dict[str, dict[str, Any]]:
+    """The metrics recorded in this process so far (``{name: entry}``), e.g. to look at them in a notebook."""
+    return dict(_RECORDED)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -18,18 +21,57 @@ import torch
 from tqdm.auto import tqdm
 
 from .algorithms import MetaLearner
-from .checkpoints import (CheckpointError, check_same_run, check_writable, load_checkpoint, require_keys, restore, save_checkpoint,
-                          sweep_temporaries)
+from .checkpoints import (CheckpointError, check_same_run, check_writable, load_checkpoint, require_keys, restore,
+                          save_checkpoint, snapshot_dir, sweep_folder, sweep_temporaries)
+from .errors import UserError
+from .outputs import OutputInUseError, OutputLock
 from .evaluate import evaluate
 from .execution import LOCAL, Execution
 from .tasks import TaskBatch, check_count
 from .types import Grads
 
-__all__ = ["meta_train", "make_optimizer", "NonFiniteError"]
+__all__ = ["meta_train", "make_optimizer", "NonFiniteError", "TrainingInterrupted"]
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
     """Raised when a loss or meta-gradient becomes NaN/inf, naming the step and the parameter."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT (Ctrl-C, a notebook's interrupt) or SIGTERM after finishing its step; the
+    checkpoint holds that step, so calling :func:`meta_train` again with the same arguments resumes the same run."""
+
+    def __init__(self, step: int, checkpoint: str | os.PathLike | None, signal_name: str):
+        self.step, self.checkpoint = step, checkpoint
+        where = (f"saved to {checkpoint}; run the same command again to resume" if checkpoint is not None else
+                 "nothing was saved (no checkpoint was given)")
+        super().__init__(f"training interrupted ({signal_name}) at step {step}: {where}")
+
+
+class _StopRequests:
+    """While active, SIGINT and SIGTERM only ask the loop to stop after the current step (a second SIGINT
+    interrupts at once). Signals can only be handled in the main thread; elsewhere this does nothing. With
+    several processes SIGTERM keeps its default (torchrun stops a failed job's ranks with it)."""
+
+    def __init__(self, handle_sigterm: bool):
+        self.received: str | None = None
+        self._signals = [signal.SIGINT] + ([signal.SIGTERM] if handle_sigterm else [])
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self._signals:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def make_optimizer(learner: MetaLearner, name: str | None = None, lr: float | None = None) -> torch.optim.Optimizer:
@@ -85,18 +127,33 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
     if snapshot_every:
         snapshot_every = check_count("snapshot_every", snapshot_every)
     optimizer = optimizer or make_optimizer(learner)
+    learner.check_tasks(sampler)
+    if val_sampler is not None:
+        learner.check_tasks(val_sampler)
+    with ExitStack() as held:
+        if checkpoint is not None:
+            check_writable(checkpoint)
+            if snapshot_every:
+                check_writable(snapshot_dir(checkpoint) / "step0000000.pt", "snapshot")
+            _lock(held, checkpoint, execution)
+        stops = held.enter_context(_StopRequests(handle_sigterm=execution.processes == 1))
+        return _meta_train(learner, sampler, steps, meta_batch, optimizer, scheduler, val_sampler, val_every,
+                           val_tasks, val_steps, checkpoint, checkpoint_every, resume, time_budget, progress,
+                           snapshot_every, run_settings, execution, on_row, stops)
+
+
+def _meta_train(learner, sampler, steps, meta_batch, optimizer, scheduler, val_sampler, val_every, val_tasks,
+                val_steps, checkpoint, checkpoint_every, resume, time_budget, progress, snapshot_every, run_settings,
+                execution, on_row, stops: _StopRequests) -> pd.DataFrame:
     params = learner.meta_parameters()
     history: list[dict] = []
     running: dict[str, list[float]] = {}
     start, elapsed, cpu = 0, 0.0, 0.0
-    if checkpoint is not None:
-        check_writable(checkpoint)
-        if execution.is_main:
-            sweep_temporaries(checkpoint)
     if checkpoint is not None and resume and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, map_location=next(iter(params.values())).device)
         require_keys(checkpoint, state, ("step", "learner", "optimizer", "history"), "a meta_train checkpoint")
         check_same_run(checkpoint, state.get("run_settings"), run_settings)
+        check_same_run(checkpoint, _common(state.get("settings"), learner.describe()), learner.describe())
         restore(checkpoint, learner, state["learner"], f"learner ({learner.name})")
         kind = state.get("optimizer_class")  # another optimiser's state loads silently, then fails at its first step
         if kind is not None and kind != type(optimizer).__name__:
@@ -121,9 +178,8 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
 
     def snapshot(step: int) -> None:
         if checkpoint is not None and execution.is_main:
-            folder = Path(checkpoint).with_name(Path(checkpoint).name + ".snapshots")
-            save_checkpoint(folder / f"step{step:07d}.pt", {"step": step, "learner": learner.state_dict(),
-                                                           "elapsed": elapsed, "cpu_s": cpu})
+            save_checkpoint(snapshot_dir(checkpoint) / f"step{step:07d}.pt",
+                            {"step": step, "learner": learner.state_dict(), "elapsed": elapsed, "cpu_s": cpu})
 
     learner.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=learner.name,
@@ -162,9 +218,15 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
             snapshot(done)
         if checkpoint is not None and done % checkpoint_every == 0:
             save(done)
-        # every process must stop at the same step, whatever its own clock says
+        # every process must stop at the same step, whatever its own clock says or whichever got the signal
         out_of_time = time_budget is not None and execution.agree(elapsed >= time_budget)
+        interrupted = execution.agree(stops.received is not None) if execution.processes > 1 else \
+            stops.received is not None
         clock, cpu_clock = time.perf_counter(), time.process_time()
+        if interrupted and done < steps:
+            bar.close()
+            save(done)  # with the running averages as they are, so the resumed history equals an uninterrupted one
+            raise TrainingInterrupted(done, checkpoint, stops.received or "a signal in another process")
         if out_of_time:
             break
     if running:
@@ -172,3 +234,25 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
                         "time_s": elapsed, "cpu_s": cpu})
     save(done)
     return pd.DataFrame(history)
+
+
+def _lock(held: ExitStack, checkpoint: str | os.PathLike, execution: Execution) -> None:
+    """One writer per checkpoint: the main process locks it (a second run stops here, naming the first), then
+    sweeps what killed runs left; with several processes all of them stop if the lock is taken."""
+    refused: OutputInUseError | None = None
+    if execution.is_main:
+        try:
+            held.enter_context(OutputLock(checkpoint))
+        except OutputInUseError as exc:
+            refused = exc
+    if (execution.agree(refused is not None) if execution.processes > 1 else refused is not None):
+        raise refused or OutputInUseError(f"checkpoint {checkpoint} is being written by another run (see rank 0)")
+    if execution.is_main:
+        sweep_temporaries(checkpoint)
+        sweep_folder(snapshot_dir(checkpoint))
+
+
+def _common(saved: dict | None, now: dict) -> dict | None:
+    """The recorded learner settings that this code still describes (a key added to ``describe()`` since the
+    checkpoint was written is not a different run)."""
+    return None if saved is None else {k: v for k, v in saved.items() if k in now}

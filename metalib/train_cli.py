@@ -15,6 +15,7 @@ Running the same command again resumes from ``--checkpoint``, with any number of
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -28,11 +29,12 @@ from .distributed import (DEFAULT_TIMEOUT_S, DistContext, distributed_evaluate, 
                           init_distributed, prepare_once, shutdown_distributed)
 from .inner import BATCHNORM_MODES
 from .models import conv4, mlp
-from .checkpoints import check_writable
+from .checkpoints import check_writable, snapshot_dir
+from .outputs import check_distinct, lock_path, write_atomic
 from .errors import UserError
 from .recipes import RECIPES, get_recipe
 from .tasks import EpisodeSampler, SinusoidTasks
-from .train import make_optimizer
+from .train import TrainingInterrupted, make_optimizer
 
 __all__ = ["build_parser", "build_learner", "parse_args", "main", "run", "run_settings", "train_recipe"]
 
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="maml", help="meta-learning algorithm")
     g.add_argument("--dataset", choices=["omniglot", "sinusoid"], default="omniglot",
                    help="omniglot: N-way K-shot classification with conv4; sinusoid: regression with an MLP")
-    g.add_argument("--ways", type=int, default=5, help="classes per episode (omniglot)")
+    g.add_argument("--ways", type=int, default=None, help="classes per episode (omniglot; default 5)")
     g.add_argument("--shots", type=int, default=1, help="support examples per class (sinusoid: per task)")
     g.add_argument("--queries", type=int, default=None,
                    help="query examples per class (sinusoid: per task); default 15 for omniglot, 10 for sinusoid")
@@ -84,13 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--inner-lr", type=float, default=None,
                    help="inner-loop step size (default: the algorithm's; 0.01 for sinusoid)")
     g.add_argument("--inner-steps", type=int, default=None, help="inner-loop steps in training")
-    g.add_argument("--proximal", type=float, default=1.0,
-                   help="imaml: lambda of the proximal term lambda/2 |phi - theta|^2 of the inner problem")
-    g.add_argument("--cg-steps", type=int, default=5, help="imaml: conjugate-gradient iterations of the implicit gradient")
-    g.add_argument("--msl-steps", type=int, default=0,
-                   help="mamlpp: outer steps over which the multi-step loss anneals to the last step's loss")
-    g.add_argument("--first-order-steps", type=int, default=0,
-                   help="mamlpp: outer steps with first-order meta-gradients before second order")
+    g.add_argument("--proximal", type=float, default=None,
+                   help="imaml: lambda of the proximal term lambda/2 |phi - theta|^2 of the inner problem (default 1.0)")
+    g.add_argument("--cg-steps", type=int, default=None,
+                   help="imaml: conjugate-gradient iterations of the implicit gradient (default 5)")
+    g.add_argument("--msl-steps", type=int, default=None,
+                   help="mamlpp: outer steps over which the multi-step loss anneals to the last step's loss "
+                        "(default: the paper's first 1/15 of --steps)")
+    g.add_argument("--first-order-steps", type=int, default=None,
+                   help="mamlpp: outer steps with first-order meta-gradients before second order "
+                        "(default: the paper's first third of --steps)")
     g.add_argument("--inner-batches", type=int, default=None,
                    help="reptile: split each training support set into N class-balanced minibatches, one per inner "
                         "step in turn (Nichol et al.); default: the whole support set at every step")
@@ -115,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-every", type=int, default=500, help="history row (and validation) every N steps")
     g.add_argument("--val-tasks", type=int, default=None,
                    help="validation tasks (0: no validation); default 100 for vinyals, 0 for lake (no validation split)")
-    g.add_argument("--checkpoint", default=None, help="checkpoint file; an existing one is resumed")
+    g.add_argument("--checkpoint", default=None,
+                   help="checkpoint file; an existing one is resumed (default with --recipe: runs/<recipe>.pt)")
     g.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     g.add_argument("--no-resume", action="store_true", help="start over even if --checkpoint exists")
     g.add_argument("--time-budget", type=float, default=None, help="stop training after this many seconds")
@@ -146,18 +152,52 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# options of one algorithm (or one dataset) and their defaults: passing one elsewhere is refused, not ignored
+_ALGORITHM_OPTIONS = {"proximal": ("imaml", 1.0), "cg_steps": ("imaml", 5), "msl_steps": ("mamlpp", None),
+                      "first_order_steps": ("mamlpp", None)}  # None: the learner's default (MAML++: the paper's share)
+_OMNIGLOT_OPTIONS = ("ways", "eval_ways", "hidden", "train_split", "protocol")
+_MAX_SEED = 2 ** 62  # each split's stream adds an offset to the seed; torch takes seeds below 2**64
+
+
+def _finite(p: argparse.ArgumentParser, a: argparse.Namespace, name: str, low: float, *, above: bool = True,
+            high: float | None = None) -> None:
+    """``--name`` (if given) must be a finite number > ``low`` (``>=`` when ``above`` is false) and <= ``high``."""
+    value = getattr(a, name)
+    if value is None:
+        return
+    ok = math.isfinite(value) and (value > low if above else value >= low) and (high is None or value <= high)
+    if not ok:
+        rng = f"{'>' if above else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
+        p.error(f"--{name.replace('_', '-')} must be a finite number {rng}, got {value}")
+
+
 def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    recipe_note = f" (--recipe {a.recipe} sets it)" if a.recipe else ""
     for name in ("ways", "shots", "steps", "meta_batch", "val_every", "checkpoint_every", "hidden", "lr_step_size",
-                 "queries", "eval_ways", "eval_shots", "eval_queries"):
+                 "queries", "eval_ways", "eval_shots", "eval_queries", "cg_steps"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-    for name in ("eval_steps", "inner_steps"):
+    for name in ("eval_steps", "inner_steps", "msl_steps", "first_order_steps"):
         if getattr(a, name) is not None and getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}")
-    if a.timeout <= 0:
-        p.error(f"--timeout must be > 0 seconds, got {a.timeout}")
-    if a.time_budget is not None and a.time_budget <= 0:
-        p.error(f"--time-budget must be > 0 seconds, got {a.time_budget}")
+    for name in ("inner_lr", "outer_lr", "time_budget", "proximal", "timeout"):
+        _finite(p, a, name, 0.0)
+    _finite(p, a, "lr_gamma", 0.0, high=1.0)
+    _finite(p, a, "lr_min", 0.0, above=False)
+    outer = a.outer_lr if a.outer_lr is not None else (1.0 if a.algorithm == "reptile" else 1e-3)
+    if a.lr_schedule == "cosine" and a.lr_min > outer:
+        p.error(f"--lr-min {a.lr_min:g} is above the outer learning rate {outer:g}: the cosine schedule anneals "
+                f"down to --lr-min, so pass a smaller one")
+    if not 0 <= a.seed < _MAX_SEED:
+        p.error(f"--seed must be an integer in [0, 2**62), got {a.seed}")
+    for name, (algorithm, default) in _ALGORITHM_OPTIONS.items():
+        if getattr(a, name) is not None and a.algorithm != algorithm:
+            p.error(f"--{name.replace('_', '-')} is an option of {algorithm}, not of {a.algorithm}{recipe_note}: "
+                    f"drop it or use --algorithm {algorithm}")
+    if a.dataset == "sinusoid":
+        given = [f"--{n.replace('_', '-')}" for n in _OMNIGLOT_OPTIONS if getattr(a, n) != p.get_default(n)]
+        if given:
+            p.error(f"{', '.join(given)}: Omniglot option(s), but --dataset sinusoid draws regression tasks; drop them")
     if a.val_tasks is None:
         a.val_tasks = 100 if a.protocol == "vinyals" else 0
     elif a.protocol == "lake" and a.val_tasks > 0:
@@ -175,12 +215,6 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("cnp is a regression learner: use --dataset sinusoid (for Omniglot, the black-box learner is attention)")
     if a.algorithm in NO_INNER_LOOP and (a.inner_lr is not None or a.inner_steps is not None):
         p.error(f"{a.algorithm} has no inner loop: drop --inner-lr/--inner-steps")
-    if a.algorithm == "imaml" and not (a.proximal > 0 and a.cg_steps >= 1):
-        p.error(f"imaml needs --proximal > 0 and --cg-steps >= 1, got {a.proximal} and {a.cg_steps}")
-    if a.algorithm == "mamlpp" and (a.msl_steps < 0 or a.first_order_steps < 0):
-        p.error(f"--msl-steps and --first-order-steps must be >= 0, got {a.msl_steps} and {a.first_order_steps}")
-    if a.algorithm != "mamlpp" and (a.msl_steps or a.first_order_steps):
-        p.error("--msl-steps and --first-order-steps are MAML++ options: use --algorithm mamlpp")
     if a.inner_batches is not None and (a.algorithm != "reptile" or a.inner_batches < 1):
         p.error(f"--inner-batches is a Reptile option (>= 1): use --algorithm reptile, got {a.algorithm} "
                 f"with {a.inner_batches}")
@@ -193,6 +227,14 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--zero-head needs a classifier's linear head: use --dataset omniglot")
     if a.algorithm == "pretrain" and a.inner_steps is not None:
         p.error("pretrain trains without inner steps; set test-time fine-tuning steps with --eval-steps")
+    if a.algorithm == "protomaml" and a.dataset != "omniglot":
+        p.error("protomaml starts each task's head at its class prototypes, so it classifies: use --dataset omniglot")
+    if a.recipe is not None and a.checkpoint is None:
+        a.checkpoint = str(Path("runs") / f"{a.recipe}.pt")
+        a.default_checkpoint = True
+    a.ways = 5 if a.ways is None else a.ways
+    for name, (algorithm, default) in _ALGORITHM_OPTIONS.items():
+        setattr(a, name, default if getattr(a, name) is None else getattr(a, name))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -204,12 +246,21 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPars
         parser.set_defaults(**vars(recipe_ns))
         parser.set_defaults(recipe=a.recipe)
         a = parser.parse_args(argv)
+        if a.algorithm != recipe_ns.algorithm:  # the recipe's other settings were chosen for its own algorithm
+            parser.error(f"--recipe {a.recipe} trains {recipe_ns.algorithm}; --algorithm {a.algorithm} would keep its "
+                         f"other settings for another algorithm: drop --algorithm, or drop --recipe and give the "
+                         f"options yourself")
     _check_args(parser, a)
     return parser, a
 
 
-def run_settings(a: argparse.Namespace) -> dict[str, object]:
-    """The options that define the run (stored in the checkpoint and compared on resume)."""
+def run_settings(a: argparse.Namespace, learner: MetaLearner | None = None,
+                 optimizer: torch.optim.Optimizer | None = None) -> dict[str, object]:
+    """The options that define the run (stored in the checkpoint and compared on resume).
+
+    With the built ``learner`` and ``optimizer``, options left to their defaults are stored as the values they
+    resolved to, and ``_defaults`` records those values, so ``--inner-lr 0.4`` where 0.4 is the default is the
+    same run, and so is an older checkpoint that recorded the default as ``None``."""
     settings = {k: getattr(a, k) for k in RUN_OPTIONS}
     if a.lr_schedule == "cosine":
         settings["steps"] = a.steps
@@ -219,10 +270,20 @@ def run_settings(a: argparse.Namespace) -> dict[str, object]:
         settings.update(proximal=a.proximal, cg_steps=a.cg_steps)
     if a.algorithm == "mamlpp":
         settings.update(msl_steps=a.msl_steps, first_order_steps=a.first_order_steps)
+        if a.msl_steps is None or a.first_order_steps is None:  # the paper's shares of --steps: the length shapes it
+            settings["steps"] = a.steps
     if a.inner_batches is not None:
         settings["inner_batches"] = a.inner_batches
     if a.zero_head:
         settings["zero_head"] = True
+    if learner is not None and optimizer is not None:
+        inner = getattr(learner, "inner", None)  # the inner loop's settings, where the learner has one
+        defaults = {"queries": 10 if a.dataset == "sinusoid" else 15, "optimizer": type(optimizer).__name__.lower(),
+                    "outer_lr": optimizer.defaults["lr"]}
+        if inner is not None and a.algorithm not in NO_INNER_LOOP:
+            defaults.update(inner_lr=inner.lr, inner_steps=inner.steps)
+        settings.update({k: v for k, v in defaults.items() if settings[k] is None})
+        settings["_defaults"] = defaults
     return settings
 
 
@@ -285,13 +346,19 @@ def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
 
 
 def check_outputs(a: argparse.Namespace) -> None:
-    """Every output path is checked before the first step (a failed final save would lose the run)."""
+    """Every output path is checked before the first step (a failed final save would lose the run): writable,
+    and no two outputs at one path (a history CSV written over the checkpoint would lose the run)."""
+    if a.snapshot_every and not a.checkpoint:
+        raise UserError("--snapshot-every keeps snapshots next to the checkpoint: pass --checkpoint too")
     if a.checkpoint:
         check_writable(a.checkpoint, "checkpoint")
     if a.history_csv:
         check_writable(a.history_csv, "history CSV")
-    if a.snapshot_every and not a.checkpoint:
-        raise UserError("--snapshot-every keeps snapshots next to the checkpoint: pass --checkpoint too")
+    check_distinct({"--checkpoint": a.checkpoint, "--history-csv": a.history_csv,
+                    "snapshot folder (<checkpoint>.snapshots)": snapshot_dir(a.checkpoint) if a.checkpoint else None,
+                    "checkpoint's lock (<checkpoint>.lock)": lock_path(a.checkpoint) if a.checkpoint else None})
+    if a.checkpoint and a.snapshot_every:
+        check_writable(snapshot_dir(a.checkpoint) / "step0000000.pt", "snapshot")
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -304,8 +371,17 @@ def run(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if a.traceback:
             raise
-        print(f"error: {str(exc).strip()}", file=sys.stderr, flush=True)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         return 2
+    except TrainingInterrupted as exc:  # the step in progress was finished and saved
+        print(str(exc), file=sys.stderr, flush=True)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        if a.traceback:
+            raise
+        where = f"the checkpoint {a.checkpoint} holds the last saved step; " if a.checkpoint else ""
+        print(f"interrupted: {where}run the same command again to resume", file=sys.stderr, flush=True)
+        return 130
 
 
 def _run(a: argparse.Namespace) -> int:
@@ -337,10 +413,13 @@ def _train(a: argparse.Namespace, evaluate_after: bool) -> tuple[MetaLearner, pd
         say(f"{learner.name} on {a.dataset}: {ctx.world_size} process(es), backend={ctx.backend or 'none'}, "
             f"device={ctx.device}, meta-batch {a.meta_batch} ({a.meta_batch // ctx.world_size} per process)",
             flush=True)
+        if getattr(a, "default_checkpoint", False):
+            say(f"checkpoint: {a.checkpoint} (the default for --recipe {a.recipe}; pass --checkpoint to choose)",
+                flush=True)
         val = samplers.get("val") if a.val_tasks > 0 else None
         history = distributed_meta_train(
             learner, samplers["train"], steps=a.steps, meta_batch=a.meta_batch, optimizer=optimizer, ctx=ctx,
-            scheduler=scheduler, snapshot_every=a.snapshot_every or None, run_settings=run_settings(a),
+            scheduler=scheduler, snapshot_every=a.snapshot_every or None, run_settings=run_settings(a, learner, optimizer),
             val_sampler=val, val_every=a.val_every, val_tasks=a.val_tasks, val_steps=a.eval_steps,
             checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=not a.no_resume,
             time_budget=a.time_budget, progress=a.progress,
@@ -348,7 +427,7 @@ def _train(a: argparse.Namespace, evaluate_after: bool) -> tuple[MetaLearner, pd
         if evaluate_after:
             say(history.to_string(index=False), flush=True)
         if a.history_csv and ctx.is_main:
-            history.to_csv(a.history_csv, index=False)
+            write_atomic(a.history_csv, history.to_csv(index=False), "history CSV")
         if evaluate_after and a.eval_tasks > 0:
             result = distributed_evaluate(learner, samplers["test"], n_tasks=a.eval_tasks, steps=a.eval_steps,
                                           ctx=ctx, progress=a.progress, batchnorm=a.eval_batchnorm)

@@ -86,3 +86,64 @@ def two_or_more_threads():
     torch.set_num_threads(max(2, old))
     yield
     torch.set_num_threads(old)
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk: half the bytes land, then ENOSPC."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        import errno
+
+        self.f.write(bytes(data)[:len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every file metalib writes through :mod:`metalib.outputs` (checkpoints, CSVs, manifests, metrics) and the
+    Omniglot cache hits a full disk mid-write."""
+    import builtins
+
+    import metalib.data.omniglot
+    import metalib.outputs
+
+    real_open, real_open_temp = builtins.open, metalib.data.omniglot.open_temp
+
+    def open_temp(dest):
+        f, tmp = real_open_temp(dest)
+        return _FullDisk(f), tmp
+
+    monkeypatch.setattr(metalib.outputs, "open", lambda *a, **k: _FullDisk(real_open(*a, **k)), raising=False)
+    monkeypatch.setattr(metalib.data.omniglot, "open_temp", open_temp)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 256 KiB filesystem (tmpfs) at ``tmp_path / "disk"``: writes past it fail as on a full disk, through
+    every layer (torch's C++ writer included). Needs the right to mount (root); skips elsewhere."""
+    import shutil
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = shutil.which("mount")
+    if os.name != "posix" or os.geteuid() != 0 or mount is None or subprocess.run(
+            [mount, "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("a small real filesystem needs mount rights (root)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

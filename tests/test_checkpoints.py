@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from metalib import SinusoidTasks, maml, meta_train, mlp
+from metalib.outputs import OutputWriteError
 from metalib.checkpoints import (CheckpointError, OutputPathError, check_writable, load_checkpoint, save_checkpoint,
                                  sweep_temporaries)
 from metalib.train_cli import run
@@ -90,13 +91,11 @@ def test_zero_counts_are_rejected_before_training(tmp_path, bad):
     assert CountingTasks.drawn == 0
 
 
-def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
-    def full_disk(obj, f, *a, **k):
-        open(f, "wb").write(b"partial")
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError):
+def test_a_failed_write_leaves_no_temporary_file_and_says_no_space_in_one_line(tmp_path, full_disk):
+    with pytest.raises(OutputWriteError) as err:
         save_checkpoint(tmp_path / "run.pt", {"step": 1})
+    assert str(err.value) == (f"cannot write the checkpoint {tmp_path / 'run.pt'}: no space left on device (nothing "
+                              f"was written); free some space and run the same command again")
     assert list(tmp_path.iterdir()) == []
 
 

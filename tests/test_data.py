@@ -675,3 +675,30 @@ def test_real_lake_split(omniglot, omniglot_data_dir):
     assert torch.equal(lake["test"].images, omniglot.images[~omniglot.background])
     rotated = omniglot_splits("lake", splits=["test"], data_dir=omniglot_data_dir, download=False, rotations=True)
     assert len(rotated["test"]) == 4 * 659 and rotated["test"].class_names[1].endswith("/rot090")
+
+
+def test_a_split_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path, fake_counts, monkeypatch):
+    """Some editors save UTF-8 with a BOM; it used to glue onto the first line ('4112 lines for 1029 characters')."""
+    monkeypatch.setattr(sp, "_VINYALS_CHARACTERS", {"train": 2, "val": 1, "test": 2, "trainval": 3})
+    data_dir = write_fake(tmp_path / "copy", "omniglot_zip")
+    train, val, test = FAKE_NAMES[:2], FAKE_NAMES[2:3], FAKE_NAMES[3:]
+    folder = write_splits(data_dir, {"train": train, "val": val, "test": test, "trainval": train + val})
+    plain = omniglot_splits("vinyals", splits=["train"], data_dir=data_dir, cache_dir=tmp_path / "cache",
+                            download=False)["train"]
+    path = folder / "train.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with_bom = omniglot_splits("vinyals", splits=["train"], data_dir=data_dir, cache_dir=tmp_path / "cache",
+                               download=False)["train"]
+    assert with_bom.class_names == plain.class_names and torch.equal(with_bom.images, plain.images)
+
+
+def test_a_full_disk_while_caching_omniglot_warns_and_returns_the_decoded_data(tmp_path, fake_counts, tiny_disk):
+    """torch's own writer reported a full disk as '[enforce fail at inline_container.cc]' (a RuntimeError), which the
+    cache's warning did not catch: the decoded data was lost with a traceback."""
+    data_dir = write_fake(tmp_path / "copy", "flat_zip")
+    (tiny_disk / "filler").write_bytes(b"x" * 240_000)  # the cache (about 80 KB) no longer fits
+    cache = tiny_disk / "cache"
+    with pytest.warns(UserWarning, match="No space left on device.*free space in") as caught:
+        check_fake(load_omniglot(data_dir, cache_dir=cache, download=False))
+    assert "\n" not in str(caught[0].message)
+    assert files_in(cache) == []

@@ -104,3 +104,73 @@ def test_train_cli_builds_imaml_with_its_settings():
     learner = build_learner(a, torch.device("cpu"))
     assert (learner.name, learner.inner.proximal, learner.cg_steps, learner.inner.steps) == ("imaml", 0.5, 3, 4)
     assert run_settings(a)["proximal"] == 0.5 and "proximal" not in run_settings(parse_args([])[1])
+
+
+def _exact_implicit_gradient(model, theta: dict, batch: TaskBatch, lam: float, hessian_at: str = "phi") -> dict:
+    """Independent of metalib's inner loop: per task, solve the proximal problem by Newton's method to machine
+    precision, then g = (I + H / lam)^-1 grad L_query(phi*) with the full Hessian H taken at phi* (or, to show that
+    the test can tell, at theta)."""
+    from torch.func import functional_call
+
+    names = list(theta)
+    shapes, sizes = [theta[k].shape for k in names], [theta[k].numel() for k in names]
+    unflat = lambda flat: dict(zip(names, [v.view(s) for v, s in zip(flat.split(sizes), shapes)]))  # noqa: E731
+    start = torch.cat([theta[k].reshape(-1) for k in names])
+    total = torch.zeros_like(start)
+    for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
+        support = lambda f: ((functional_call(model, unflat(f), (sx,)) - sy) ** 2).mean()  # noqa: E731
+        query = lambda f: ((functional_call(model, unflat(f), (qx,)) - qy) ** 2).mean()  # noqa: E731
+        prox = lambda f: support(f) + lam / 2 * (f - start).pow(2).sum()  # noqa: E731
+        phi = start.clone()
+        for _ in range(30):
+            grad = torch.autograd.functional.jacobian(prox, phi)
+            phi = phi - torch.linalg.solve(torch.autograd.functional.hessian(prox, phi), grad)
+        assert torch.autograd.functional.jacobian(prox, phi).abs().max() < 1e-12
+        h = torch.autograd.functional.hessian(support, phi if hessian_at == "phi" else start)
+        eye = torch.eye(len(phi), dtype=phi.dtype)
+        total += torch.linalg.solve(eye + h / lam, torch.autograd.functional.jacobian(query, phi))
+    return unflat(total / batch.support_x.shape[0])
+
+
+def test_implicit_meta_gradient_matches_an_exact_solve_on_a_smooth_non_linear_model():
+    """The linear cases above have a constant Hessian, so a Hessian taken at theta instead of phi* passed them; a tanh
+    network's Hessian moves with the weights, and the exact solve below takes it at phi*."""
+    model = mlp((D, 5, 1), seed=0).double()
+    model.features[1] = torch.nn.Tanh()
+    g = torch.Generator().manual_seed(0)
+    sx, qx = torch.randn(2, 6, D, generator=g, dtype=torch.float64), torch.randn(2, 6, D, generator=g, dtype=torch.float64)
+    w = torch.randn(2, D, 1, generator=g, dtype=torch.float64)
+    batch = TaskBatch(sx, torch.sin(2 * sx @ w), qx, torch.sin(2 * qx @ w))
+    learner = imaml(model, inner_lr=0.1, steps=1500, lam=LAM, cg_steps=30, problem="regression")
+    theta = {k: v.detach() for k, v in learner.params().items()}
+    grads, metrics = learner.meta_gradient(batch)
+    assert metrics["inner_residual"] < 1e-9 and metrics["cg_residual"] < 1e-8 and metrics["cg_indefinite"] == 0
+    exact = _exact_implicit_gradient(model, theta, batch, LAM)
+    for k in exact:
+        torch.testing.assert_close(grads[k], exact[k], rtol=1e-7, atol=1e-9)
+    wrong = _exact_implicit_gradient(model, theta, batch, LAM, hessian_at="theta")
+    assert max((wrong[k] - exact[k]).abs().max().item() for k in exact) > 1e-4  # the test can tell the two apart
+
+
+def test_an_unsolved_inner_problem_and_an_indefinite_system_are_reported_and_warned_once():
+    """iMAML in notebook 07 ran with its proximal gradient at 7% of its start; a Hessian eigenvalue below -lambda
+    made conjugate gradient diverge. Both are now measured in the history and warned about."""
+    import warnings
+
+    from metalib.tasks import SinusoidTasks
+
+    batch = SinusoidTasks(5, seed=0).batch(range(4))
+    learner = imaml(mlp(seed=0), inner_lr=0.01, steps=5, problem="regression")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grads, metrics = learner.meta_gradient(batch)
+        learner.meta_gradient(batch)
+    messages = [str(w.message) for w in caught]
+    assert metrics["inner_residual"] > 0.1 and 0 < metrics["cg_indefinite"] <= 1
+    assert len(messages) == 2 and "inner problem is not solved" in messages[0] and "not positive definite" in messages[1]
+    assert all(torch.isfinite(v).all() for v in grads.values())
+    a = torch.diag(torch.tensor([[2.0, 1.0, -1.0], [1.0, 1.0, 1.0]], dtype=torch.float64)[0]).expand(1, 3, 3)
+    info: dict = {}
+    b = {"w": torch.ones(1, 3, dtype=torch.float64)}
+    x = batched_cg(lambda p: {"w": (a @ p["w"].unsqueeze(-1)).squeeze(-1)}, b, iters=3, info=info)
+    assert bool(info["indefinite"][0]) and torch.isfinite(x["w"]).all()

@@ -45,8 +45,8 @@ def randomised_mamlpp(strategy: str, steps: int = 2):
 
 
 def naive_mamlpp_gradient(learner, batch, weights):
-    """Per task: SGD steps with rate ``lrs[name][step]`` and BatchNorm values ``step_params[name][step]``, the
-    query loss after every step weighted by ``weights``; autograd through all of it."""
+    """Per task: SGD steps with rate ``lrs[name][step]`` and BatchNorm values ``step_params[name][step]`` (``[steps,
+    C]``: one set per step), the query loss after every step weighted by ``weights``; autograd through all of it."""
     model, steps = learner.model, learner.inner.steps
     lrs = learner.lrs()
     per_step = {k.replace("__", "."): v for k, v in learner.step_params.items()}
@@ -62,7 +62,9 @@ def naive_mamlpp_gradient(learner, batch, weights):
             loss = F.cross_entropy(functional_call(model, at(i), (sx,)), sy)
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
             fast = {k: w - lrs[k][i] * g for (k, w), g in zip(fast.items(), grads)}
-            total = total + weights[i] * F.cross_entropy(functional_call(model, at(i + 1), (qx,)), qy)
+            # the query pass after step i uses step i's BatchNorm set, as the reference implementation
+            # (HowToTrainYourMAMLPytorch: net_forward(..., num_step=num_step) for support and target alike)
+            total = total + weights[i] * F.cross_entropy(functional_call(model, at(i), (qx,)), qy)
     grads = torch.autograd.grad(total / len(batch.support_x), list(meta.values()), allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(meta.values(), grads)]
 
@@ -203,3 +205,18 @@ def test_train_cli_builds_mamlpp_and_protomaml_with_their_settings():
     assert build_learner(a, torch.device("cpu")).inner.head_init == "prototypes"
     with pytest.raises(SystemExit):
         parse_args(["--algorithm", "maml", "--msl-steps", "5"])
+
+
+def test_mamlpp_defaults_are_the_papers_schedules_as_shares_of_the_run():
+    """The defaults left the multi-step loss and the first-order phase off; the paper anneals the multi-step loss
+    over its first 10 of 150 epochs and trains first-order for the first 50."""
+    learner = mamlpp(conv4(5, hidden=4, seed=0).double())
+    assert learner.inner.steps == 5 and learner.inner.lr == 0.1
+    assert learner.step_params and all(v.shape[0] == 5 for v in learner.step_params.values())  # one set per step
+    learner.set_training_step(0, 1500)
+    assert learner.schedule() == (100, 500)
+    assert learner.training_config(99).step_weights is not None and learner.training_config(100).step_weights is None
+    assert learner.training_config(499).first_order and not learner.training_config(500).first_order
+    assert mamlpp(conv4(5, hidden=4), msl_steps=0, first_order_steps=0).schedule(1500) == (0, 0)
+    with pytest.raises(ArgumentError, match="msl_steps must be an integer >= 0 or None"):
+        mamlpp(conv4(5, hidden=4), msl_steps=-1)

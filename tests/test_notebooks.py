@@ -16,6 +16,34 @@ NOTEBOOKS = discover_notebooks(PROJECT.notebooks_dir)
 IDS = [p.stem for p in NOTEBOOKS]
 
 
+# What a notebook's text says of its own figures, checked on the metrics its quick run records: a change that turns
+# one of these around makes the text wrong, so the test fails and the text is mended with it.
+CLAIMS = {
+    "07_beyond_maml": [
+        ("imaml_inner_residual", ">", 0.01, "section 4: iMAML's inner problem is far from solved at imaml_steps"),
+    ],
+    "08_learning_the_optimiser_and_architecture": [
+        ("learned_vs_tuned_adam_longer", ">", 2.0, "the learned rule ends far above tuned Adam on 4x longer runs"),
+        ("learned_vs_tuned_adam_wider", ">", 2.0, "... and on the 4x wider net"),
+        ("learned_vs_tuned_adam_deeper", "<", 2.0, "... near or below it on a deeper net"),
+        ("learned_vs_tuned_adam_minibatch", "<", 2.0, "... and with noisy minibatch gradients"),
+        ("sgd_diverged_on_wider_net", "==", 1, "SGD at its tuned rate diverges on the wider net"),
+        ("random_search_seconds_over_darts", "<=", 1.0, "random search spends at most DARTS's seconds"),
+    ],
+}
+_OPS = {">": lambda a, b: a > b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b}
+
+
+def check_claims(stem: str, metrics: dict) -> list[str]:
+    """The claims of notebook ``stem`` that its recorded metrics contradict (or do not record)."""
+    wrong = []
+    for name, op, bound, claim in CLAIMS.get(stem, []):
+        value = metrics.get(name, {}).get("value")
+        if value is None or not _OPS[op](value, bound):
+            wrong.append(f"{claim}: needs {name} {op} {bound}, recorded {value}")
+    return wrong
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_is_committed_clean(path: Path):
     nb = nbformat.read(path, as_version=4)
@@ -61,3 +89,11 @@ def test_notebook_matches_baseline(path: Path):
                       f"{', '.join(comparison.new)}", stacklevel=1)
     assert comparison.ok, (f"{path.name}: metrics differ from {baseline_file.name} "
                            f"(runtime {result.runtime_s:.0f} s):\n  " + "\n  ".join(comparison.failures))
+    wrong = check_claims(path.stem, result.metrics)
+    assert not wrong, f"{path.name}: its text says what its figures no longer show:\n  " + "\n  ".join(wrong)
+
+
+def test_claims_name_notebooks_that_exist_and_can_fail():
+    assert set(CLAIMS) <= set(IDS)
+    assert check_claims("08_learning_the_optimiser_and_architecture", {}), "a missing metric must fail the claim"
+    assert check_claims("07_beyond_maml", {"imaml_inner_residual": {"value": 0.001}})

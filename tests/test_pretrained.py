@@ -1,14 +1,17 @@
 """Every shipped model re-evaluated against its manifest; the zoo's size and completeness."""
 from __future__ import annotations
 
-
+import pickle
+import shutil
+import warnings
 
 import pytest
 import torch
 
 from metalib.data import omniglot_splits
 from metalib.evaluate import evaluate
-from metalib.pretrained import ZOO, available, load_pretrained, manifest
+import metalib.pretrained as zoo
+from metalib.pretrained import ZOO, ZooError, available, file_sha256, load_pretrained, manifest
 from metalib.pretrained.export import zoo_test_sampler
 from metalib.recipes import RECIPES
 
@@ -27,6 +30,59 @@ def test_zoo_is_small_and_every_model_has_a_manifest():
             assert info.get(key) is not None, f"{name}: manifest lacks {key}"
         for e in info["evaluation"]:
             assert e["n_tasks"] == 600 and 0 < e["ci95"] < 0.05 and e["batchnorm"]
+        assert info["sha256"] == file_sha256(ZOO / f"{name}.pt"), f"{name}.pt is not the file its manifest describes"
+
+
+@pytest.fixture
+def own_zoo(tmp_path, monkeypatch):
+    """A copy of two shipped models in a zoo folder of the test's own."""
+    for name in ("maml-omniglot-5w1s", "fomaml-omniglot-5w1s"):
+        for ext in (".pt", ".json"):
+            shutil.copy(ZOO / f"{name}{ext}", tmp_path / f"{name}{ext}")
+    monkeypatch.setattr(zoo, "ZOO", tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("content", [
+    "another model's file", b"", b"\x00\x01garbage" * 100, "truncated", "pickled object"])
+def test_a_model_file_that_is_not_the_manifests_is_refused_in_one_line(own_zoo, content):
+    """A FOMAML manifest with the MAML file loaded silently; damaged files gave IndexError, EOFError, a raw
+    PytorchStreamReader error, or torch's advice to load with weights_only=False."""
+    path = own_zoo / "fomaml-omniglot-5w1s.pt"
+    if content == "another model's file":
+        shutil.copy(own_zoo / "maml-omniglot-5w1s.pt", path)
+    elif content == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif content == "pickled object":
+        path.write_bytes(pickle.dumps(ValueError("not a model")))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ZooError) as err:
+        load_pretrained("fomaml-omniglot-5w1s")
+    msg = str(err.value)
+    assert msg.startswith(f"model file {path} is not the one its manifest ") and "SHA-256 differs" in msg
+    assert "\n" not in msg and "weights_only" not in msg
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda text: text[:500], "is damaged"),
+    (lambda text: "[1, 2]", "holds a list, not a manifest"),
+    (lambda text: text.replace('"argv"', '"argv_gone"'), "lacks argv"),
+    (lambda text: text.replace('"--recipe",', '"--no-such-option",'), "records settings this metalib cannot build"),
+])
+def test_a_damaged_manifest_is_named_in_one_line_and_does_not_hide_the_others(own_zoo, damage, expected, capsys):
+    path = own_zoo / "fomaml-omniglot-5w1s.json"
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(ZooError) as err:
+        load_pretrained("fomaml-omniglot-5w1s")
+    assert str(err.value).startswith(f"manifest {path}") and expected in str(err.value)
+    assert "\n" not in str(err.value) and "usage:" not in capsys.readouterr().err
+    if expected != "records settings this metalib cannot build":  # results() reads the manifest, not its argv
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            table = zoo.results()
+        assert set(table["model"]) == {"maml-omniglot-5w1s"}
+        assert any(str(path) in str(w.message) for w in caught)
 
 
 @pytest.mark.parametrize("name", MODELS)

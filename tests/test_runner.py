@@ -137,11 +137,15 @@ class _FakeEval:
     mean, ci95, n_tasks = 0.9, 0.01, 600
 
 
-def test_record_metric_interactive_prints_only(tmp_path, monkeypatch, capsys):
+def test_record_metric_is_silent_and_kept_in_memory_interactively(tmp_path, monkeypatch, capsys):
+    """Notebooks 07 and 08 printed up to 9 'metric name = ...' lines above their tables: bookkeeping, not results."""
+    from metalib.metrics import recorded
+
     monkeypatch.delenv(METRICS_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     record_metric("acc", 0.5, tolerance=0.1)
-    assert "metric acc = 0.5 (tolerance=0.1)" in capsys.readouterr().out
+    assert capsys.readouterr().out == ""
+    assert recorded()["acc"] == {"value": 0.5, "tolerance": 0.1}
     assert list(tmp_path.iterdir()) == []
 
 
@@ -248,3 +252,41 @@ def test_timeout_marks_the_cell_in_the_executed_notebook(timed_out):
     assert status[2] == ("failed", True)
     assert status[3] == ("pending", None)
     assert executed.metadata.papermill["exception"] is True
+
+
+def test_an_output_dir_that_is_a_file_or_read_only_is_one_line_before_any_notebook(tmp_path, capsys, monkeypatch):
+    """A file or a read-only folder as --output-dir gave a FileExistsError / PermissionError traceback."""
+    (tmp_path / "afile").write_text("mine")
+    rc = main(["run", "--notebooks-dir", str(FIXTURES), "--only", "tiny", "--output-dir", str(tmp_path / "afile" / "x")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"error: --output-dir {tmp_path / 'afile' / 'x'}: {tmp_path / 'afile'} is a file, not a " \
+                              f"folder; choose another folder"
+    import tempfile
+
+    def read_only(*a, **k):  # as a read-only folder answers (root ignores the mode bits)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    rc = main(["run", "--notebooks-dir", str(FIXTURES), "--only", "tiny", "--output-dir", str(tmp_path / "ro")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"error: --output-dir {tmp_path / 'ro'} cannot be written (Permission denied); choose a " \
+                              f"writable folder"
+
+
+def test_a_failed_save_of_the_executed_notebook_keeps_the_previous_one(tmp_path, monkeypatch):
+    """papermill saved the output notebook in place after every cell: a full disk left a truncated notebook."""
+    import papermill
+
+    out = tmp_path / "tiny.ipynb"
+    out.write_text("the previous run's notebook")
+
+    def full_disk(src, dst, **kw):
+        with open(dst, "w") as f:
+            f.write('{"cells": [')  # half a notebook, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(papermill, "execute_notebook", full_disk)
+    result = run_notebook(TINY, tmp_path)
+    assert result.status == "error" and "No space left on device" in result.error
+    assert out.read_text() == "the previous run's notebook"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.ipynb"]

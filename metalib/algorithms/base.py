@@ -46,6 +46,11 @@ class MetaLearner(nn.Module):
             out = forward_inductive(model, adapted, batch.support_x, batch.query_x)
         return self.problem.task_score(out, batch.query_y)
 
+    def check_tasks(self, sampler) -> None:
+        """Called by :func:`~metalib.train.meta_train` and :func:`~metalib.evaluate.evaluate` before the first task
+        is drawn: a learner whose model cannot take the sampler's tasks says so in one line here (e.g. a 3-output
+        model on 5-way tasks) instead of failing inside the first step. Nothing to check by default."""
+
     def set_training_step(self, step: int, total: int) -> None:
         """Called by :func:`~metalib.train.meta_train` before outer step ``step`` of ``total``: learners whose
         training changes over the run (MAML++'s annealing) follow it; a function of the step, so resuming is exact."""
@@ -107,3 +112,18 @@ def make_torch_optimizer(params: list[nn.Parameter], name: str, lr: float | None
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     raise ArgumentError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
+
+
+def check_head(model: nn.Module, problem, ways: int | None, who: str) -> None:
+    """A classifier's linear head (``head.weight``) needs one output per class: at least 2, and ``ways`` when the
+    tasks are known. Raises a one-line :class:`~metalib.errors.ArgumentError` naming the fix."""
+    head = dict(model.named_parameters()).get("head.weight")
+    if head is None or problem.name != "classification":
+        return
+    n = head.shape[0]
+    if n < 2:
+        raise ArgumentError(f"{who} classifies, but its model has {n} output (a regression model such as mlp()): give "
+                            f"it one output per class, e.g. conv4({ways or 5}), or pass problem='regression'")
+    if ways is not None and ways > n:
+        raise ArgumentError(f"{who}'s model has {n} outputs but the tasks are {ways}-way: build the model with one "
+                            f"output per class, e.g. conv4({ways})")

@@ -23,7 +23,7 @@ from ..models import split_body_head
 from ..problems import Problem, get_problem
 from ..tasks import TaskBatch
 from ..types import Grads, Params
-from .base import MetaLearner
+from .base import MetaLearner, check_head
 
 __all__ = ["GradientMetaLearner", "maml", "fomaml", "metasgd", "anil", "protomaml", "pretrain"]
 
@@ -45,6 +45,7 @@ class GradientMetaLearner(MetaLearner):
         self.inner = inner
         self.problem = inner.problem
         self.name = name
+        check_head(model, self.problem, None, name)
         names = inner.adapt if inner.adapt is not None else [k for k, _ in model.named_parameters()]
         if inner.lr_per_step and not learn_lr:
             raise ArgumentError("lr_per_step needs learned learning rates (learn_lr=True)")
@@ -59,6 +60,9 @@ class GradientMetaLearner(MetaLearner):
     @property
     def test_steps(self) -> int:
         return self.inner.steps
+
+    def check_tasks(self, sampler) -> None:
+        check_head(self.model, self.problem, getattr(sampler, "ways", None), self.name)
 
     def params(self) -> Params:
         return dict(self.model.named_parameters())

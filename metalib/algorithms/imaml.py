@@ -15,6 +15,8 @@ inner loop's graph is kept: memory does not grow with the number of inner steps,
 """
 from __future__ import annotations
 
+import warnings
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -27,7 +29,9 @@ from ..tasks import TaskBatch
 from ..types import Grads, Params
 from .gradient import GradientMetaLearner
 
-__all__ = ["IMAML", "imaml", "batched_cg"]
+__all__ = ["IMAML", "imaml", "batched_cg", "UNSOLVED_RATIO"]
+
+UNSOLVED_RATIO = 0.01  # proximal gradient at phi over its value at theta above which iMAML warns
 
 
 def _dot(a: Params, b: Params) -> Tensor:
@@ -35,26 +39,48 @@ def _dot(a: Params, b: Params) -> Tensor:
     return sum((a[k] * b[k]).flatten(1).sum(1) for k in a)
 
 
-def batched_cg(matvec: Callable[[Params], Params], b: Params, iters: int, tol: float = 1e-10) -> Params:
+def batched_cg(matvec: Callable[[Params], Params], b: Params, iters: int, tol: float = 1e-10,
+               info: dict | None = None) -> Params:
     """Solve ``A x = b`` for every task at once by conjugate gradient (``A`` symmetric positive definite per task,
     applied by ``matvec``); ``b`` and the result are dicts of ``[B, ...]`` tensors. A task whose residual norm is
-    below ``tol`` times its ``|b|`` stops moving."""
+    below ``tol`` times its ``|b|`` stops moving.
+
+    A task whose ``A`` shows a direction of zero or negative curvature (``p^T A p <= 0``: not positive definite,
+    e.g. a Hessian eigenvalue below ``-lambda``) stops there, as truncated CG does, instead of diverging: it keeps
+    its current ``x``, or ``b`` itself (the first-order answer) if that happens at the first iteration. ``info``
+    (if given) receives ``residual`` (per task ``|b - A x| / |b|``; NaN for a task stopped that way) and
+    ``indefinite`` (per task, bool)."""
     x = {k: torch.zeros_like(v) for k, v in b.items()}
     r = {k: v.clone() for k, v in b.items()}
     p = {k: v.clone() for k, v in b.items()}
     rs = _dot(r, r)
-    floor = tol ** 2 * rs
-    for _ in range(iters):
+    start, floor = rs.clone(), tol ** 2 * rs
+    stopped = torch.zeros_like(rs, dtype=torch.bool)
+    for i in range(iters):
         ap = matvec(p)
-        active = rs > floor
-        alpha = torch.where(active, rs / _dot(p, ap).where(active, torch.ones_like(rs)), torch.zeros_like(rs))
+        curvature = _dot(p, ap)
+        bad = (curvature <= 0) & ~stopped & (rs > floor)
+        if i == 0 and bool(bad.any()):  # no step taken yet: fall back to b for those tasks
+            x = {k: torch.where(_bcast(bad, x[k]).bool(), b[k], x[k]) for k in x}
+        stopped = stopped | bad
+        active = (rs > floor) & ~stopped
+        alpha = torch.where(active, rs / curvature.where(active, torch.ones_like(rs)), torch.zeros_like(rs))
         x = {k: x[k] + _bcast(alpha, x[k]) * p[k] for k in x}
         r = {k: r[k] - _bcast(alpha, r[k]) * ap[k] for k in r}
         rs_new = _dot(r, r)
         beta = torch.where(active, rs_new / rs.where(active, torch.ones_like(rs)), torch.zeros_like(rs))
         p = {k: r[k] + _bcast(beta, p[k]) * p[k] for k in p}
-        rs = rs_new
+        rs = torch.where(active, rs_new, rs)
+    if info is not None:  # CG's own residual is that of its iterate: not defined for the tasks it stopped
+        ratio = (rs / start.clamp_min(torch.finfo(rs.dtype).tiny)).sqrt()
+        info["residual"] = torch.where(stopped, torch.full_like(ratio, float("nan")), ratio)
+        info["indefinite"] = stopped
     return x
+
+
+def _norm(a: Params) -> Tensor:
+    """Per-task Euclidean norm ``[B]`` over every tensor of ``a``."""
+    return _dot(a, a).sqrt()
 
 
 def _bcast(per_task: Tensor, like: Tensor) -> Tensor:
@@ -72,13 +98,13 @@ class IMAML(GradientMetaLearner):
             raise ArgumentError(f"cg_steps must be >= 1, got {cg_steps}")
         super().__init__(model, inner, name="imaml")
         self.cg_steps = cg_steps
+        self._warned: dict[str, bool] = {}
 
     def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
         lam, problem = self.inner.proximal, self.problem
         theta = {k: v.detach() for k, v in self.params().items()}
         with torch.no_grad():  # the inner solution: no graph, whatever the number of steps
-            phi = adapt(self.model, theta, batch, InnerConfig(self.inner.steps, self.inner.lr, True, None,
-                                                              self.inner.strategy, problem, lam))
+            phi = adapt(self.model, theta, batch, replace(self.inner, first_order=True, adapt=None))
         phi = {k: v.detach().requires_grad_() for k, v in phi.items()}
         with torch.enable_grad():
             out = forward_adapted(self.model, phi, batch.query_x)
@@ -90,10 +116,38 @@ class IMAML(GradientMetaLearner):
             def matvec(p: Params) -> Params:  # (I + H / lam) p, per task
                 hp = torch.autograd.grad(g, list(phi.values()), grad_outputs=[p[k] for k in phi], retain_graph=True)
                 return {k: p[k] + h / lam for k, h in zip(phi, hp)}
-            x = batched_cg(matvec, v, self.cg_steps)
+            cg: dict = {}
+            x = batched_cg(matvec, v, self.cg_steps, info=cg)
+            # how far the inner problem is from solved: the proximal gradient at phi against its value at theta
+            # (the implicit gradient assumes it is zero)
+            residual = _norm({k: gk.detach() + lam * (phi[k].detach() - theta[k]) for k, gk in zip(phi, g)})
+            start = _norm(self._support_gradient(theta, batch))
         grads = {k: x[k].mean(0).detach() for k in phi}
         score = problem.task_score(out.detach(), batch.query_y).mean()
-        return grads, {"loss": query.mean().item(), problem.score_name: score.item()}
+        ratio = (residual / start.clamp_min(torch.finfo(start.dtype).tiny)).mean().item()
+        self._warn_unsolved(ratio, cg["indefinite"].float().mean().item())
+        return grads, {"loss": query.mean().item(), problem.score_name: score.item(), "inner_residual": ratio,
+                       "cg_residual": cg["residual"].nan_to_num(1.0).mean().item(),  # a stopped task: unsolved (1)
+                       "cg_indefinite": cg["indefinite"].float().mean().item()}
+
+    def _support_gradient(self, theta: Params, batch: TaskBatch) -> Params:
+        """Per-task gradient of the support loss at the shared start (the proximal gradient there)."""
+        start = {k: v.expand(batch.batch_size, *v.shape).clone().requires_grad_() for k, v in theta.items()}
+        loss = self.problem.task_loss(forward_adapted(self.model, start, batch.support_x, True), batch.support_y)
+        return dict(zip(start, torch.autograd.grad(loss.sum(), list(start.values()))))
+
+    def _warn_unsolved(self, ratio: float, indefinite: float) -> None:
+        """Warn once per learner when the implicit gradient's assumptions visibly fail."""
+        if ratio > UNSOLVED_RATIO and not self._warned.get("unsolved"):
+            self._warned["unsolved"] = True
+            warnings.warn(f"iMAML's inner problem is not solved: its proximal gradient is {ratio:.0%} of its value at "
+                          f"the start (the implicit meta-gradient assumes 0); raise the inner steps or the inner "
+                          f"learning rate (history column train_inner_residual)", stacklevel=3)
+        if indefinite > 0 and not self._warned.get("indefinite"):
+            self._warned["indefinite"] = True
+            warnings.warn(f"iMAML: I + H / lambda is not positive definite for {indefinite:.0%} of the tasks (a Hessian "
+                          f"eigenvalue below -lambda); conjugate gradient stopped early for them; raise lambda "
+                          f"(history column train_cg_indefinite)", stacklevel=3)
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "lambda": self.inner.proximal, "cg_steps": self.cg_steps}

@@ -6,14 +6,19 @@ steps, not a second loop:
 =============================  ==========================================================================
 per-step per-layer lrs (LSLR)  ``lr_per_step``: one learned rate per adapted tensor and inner step
 per-step BatchNorm (BNWB)      ``per_step``: BatchNorm weights and biases with one value per inner step
-                               (``[steps + 1, C]``, the last for the query pass), meta-learned, not adapted
+                               (``[steps, C]``), meta-learned, not adapted; the query pass after step i uses
+                               step i's set, as the reference implementation indexes them
 multi-step loss (MSL)          ``step_weights``: the query loss after every step, weighted; the weights move
-                               to the last step over the first ``msl_steps`` outer steps
+                               to the last step over the first ``msl_steps`` outer steps (default: the
+                               paper's first 10 of 150 epochs, i.e. the first 1/15 of the run)
 derivative-order annealing     first-order meta-gradients for the first ``first_order_steps`` outer steps
-cosine annealing (CA)          the outer schedule: ``train_cli --lr-schedule cosine``
+                               (default: the paper's first 50 of 150 epochs, the first third of the run)
+cosine annealing (CA)          the outer schedule: ``train_cli --lr-schedule cosine`` (the paper's: to 1e-5)
 =============================  ==========================================================================
 
-Both schedules are functions of the outer step alone (:meth:`MAMLPlusPlus.set_training_step`), so a resumed
+The defaults are the paper's (Antoniou et al., section 4); the reference code's Omniglot configurations differ
+(e.g. multi-step loss over 20 of 250 epochs, no first-order phase). Both schedules are functions of the outer step
+and the run's length alone (:meth:`MAMLPlusPlus.set_training_step`), so a resumed
 run is the same run. BatchNorm statistics are those of the batch at every step (transductive, or inductive at
 evaluation). The paper's per-step *running* statistics change no prediction of the reference implementation: it
 tracks them per step but normalises with ``F.batch_norm(..., training=True)``, i.e. with the batch's statistics, so
@@ -33,7 +38,7 @@ from ..tasks import TaskBatch
 from ..types import Params
 from .gradient import GradientMetaLearner
 
-__all__ = ["MAMLPlusPlus", "mamlpp", "msl_weights"]
+__all__ = ["MAMLPlusPlus", "mamlpp", "msl_weights", "MSL_SHARE", "FIRST_ORDER_SHARE"]
 
 
 def msl_weights(steps: int, progress: float, floor: float = 0.03) -> tuple[float, ...]:
@@ -45,16 +50,22 @@ def msl_weights(steps: int, progress: float, floor: float = 0.03) -> tuple[float
     return (*early, 1.0 - sum(early))
 
 
+MSL_SHARE = 10 / 150          # multi-step loss: annealed over the paper's first 10 of 150 epochs
+FIRST_ORDER_SHARE = 50 / 150  # derivative-order annealing: first order for the paper's first 50 of 150 epochs
+
+
 class MAMLPlusPlus(GradientMetaLearner):
     """MAML with learned per-step per-layer inner learning rates, per-step BatchNorm weights, the multi-step loss
-    for the first ``msl_steps`` outer steps and first-order meta-gradients for the first ``first_order_steps``."""
+    for the first ``msl_steps`` outer steps and first-order meta-gradients for the first ``first_order_steps``
+    (``None``: the paper's share of the run, known from :meth:`set_training_step`)."""
 
-    def __init__(self, model: nn.Module, inner: InnerConfig, *, msl_steps: int = 0, first_order_steps: int = 0,
-                 per_step_bn: bool = True):
+    def __init__(self, model: nn.Module, inner: InnerConfig, *, msl_steps: int | None = None,
+                 first_order_steps: int | None = None, per_step_bn: bool = True):
         if inner.steps < 1:
             raise ArgumentError(f"MAML++ needs at least one inner step, got {inner.steps}")
-        if msl_steps < 0 or first_order_steps < 0:
-            raise ArgumentError(f"msl_steps and first_order_steps must be >= 0, got {msl_steps}, {first_order_steps}")
+        for name, value in (("msl_steps", msl_steps), ("first_order_steps", first_order_steps)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ArgumentError(f"{name} must be an integer >= 0 or None (the paper's share), got {value!r}")
         bn = [f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, TaskBatchNorm) for p in ("weight", "bias")]
         if per_step_bn and not bn:
             raise ArgumentError("per-step BatchNorm needs a model with TaskBatchNorm layers (e.g. conv4)")
@@ -64,24 +75,30 @@ class MAMLPlusPlus(GradientMetaLearner):
         super().__init__(model, inner, learn_lr=True, name="maml++")
         own = dict(model.named_parameters())
         self.step_params = nn.ParameterDict({  # state_dict names: step_params.<name with '.' -> '__'>
-            k.replace(".", "__"): nn.Parameter(own[k].detach().expand(inner.steps + 1, *own[k].shape).clone())
+            k.replace(".", "__"): nn.Parameter(own[k].detach().expand(inner.steps, *own[k].shape).clone())
             for k in per_step})
         self.msl_steps, self.first_order_steps = msl_steps, first_order_steps
-        self._step = 0
+        self._step, self._total = 0, None
 
     def params(self) -> Params:
         own = {k: v for k, v in self.model.named_parameters() if k not in self.inner.per_step}
         return {**own, **{k.replace("__", "."): v for k, v in self.step_params.items()}}
 
     def set_training_step(self, step: int, total: int) -> None:
-        self._step = step
+        self._step, self._total = step, total
+
+    def schedule(self, total: int | None = None) -> tuple[int, int]:
+        """``(msl_steps, first_order_steps)`` for a run of ``total`` outer steps (default: the current run's)."""
+        total = self._total if total is None else total
+        share = lambda given, fraction: given if given is not None else round(fraction * (total or 0))  # noqa: E731
+        return share(self.msl_steps, MSL_SHARE), share(self.first_order_steps, FIRST_ORDER_SHARE)
 
     def training_config(self, step: int) -> InnerConfig:
         """The inner loop of outer step ``step``: first-order before ``first_order_steps`` (unless the learner is
         first-order throughout), the multi-step loss before ``msl_steps``."""
-        weights = msl_weights(self.inner.steps, step / self.msl_steps) if step < self.msl_steps else None
-        return replace(self.inner, first_order=self.inner.first_order or step < self.first_order_steps,
-                       step_weights=weights)
+        msl, first_order = self.schedule()
+        weights = msl_weights(self.inner.steps, step / msl) if step < msl else None
+        return replace(self.inner, first_order=self.inner.first_order or step < first_order, step_weights=weights)
 
     def query_losses(self, batch: TaskBatch, cfg: InnerConfig | None = None) -> tuple[Tensor, Tensor]:
         """MAML's query losses, with the inner loop of the current outer step unless ``cfg`` is given."""
@@ -96,11 +113,13 @@ class MAMLPlusPlus(GradientMetaLearner):
                 "first_order_steps": self.first_order_steps}
 
 
-def mamlpp(model: nn.Module, *, inner_lr: float = 0.1, steps: int = 5, msl_steps: int = 0, first_order_steps: int = 0,
-           per_step_bn: bool = True, first_order: bool = False, problem: str | Problem = "classification",
-           strategy: str = "auto") -> MAMLPlusPlus:
+def mamlpp(model: nn.Module, *, inner_lr: float = 0.1, steps: int = 5, msl_steps: int | None = None,
+           first_order_steps: int | None = None, per_step_bn: bool = True, first_order: bool = False,
+           problem: str | Problem = "classification", strategy: str = "auto") -> MAMLPlusPlus:
     """MAML++ with ``steps`` inner steps (5 in the paper) whose per-step, per-layer learning rates start at
     ``inner_lr`` (0.1 in the paper); the multi-step loss anneals over the first ``msl_steps`` outer steps and the
-    meta-gradient is first-order for the first ``first_order_steps``."""
+    meta-gradient is first-order for the first ``first_order_steps``; ``None`` (the default) takes the paper's
+    share of the run: the first 1/15 and the first third of the outer steps. Train it with a cosine-annealed outer
+    rate (``train_cli --lr-schedule cosine --lr-min 1e-5``), as the paper does."""
     cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem))
     return MAMLPlusPlus(model, cfg, msl_steps=msl_steps, first_order_steps=first_order_steps, per_step_bn=per_step_bn)

@@ -10,7 +10,7 @@ from ..inner import InnerConfig, adapt, check_batchnorm, forward_adapted, task_l
 from ..problems import Problem, get_problem
 from ..tasks import TaskBatch
 from ..types import Grads
-from .base import MetaLearner, make_torch_optimizer
+from .base import MetaLearner, make_torch_optimizer, check_head
 
 __all__ = ["Reptile", "reptile"]
 
@@ -25,10 +25,14 @@ class Reptile(MetaLearner):
         self.inner = replace(inner, first_order=True)
         self.problem = inner.problem
         self.name = name
+        check_head(model, self.problem, None, name)
 
     @property
     def test_steps(self) -> int:
         return self.inner.steps
+
+    def check_tasks(self, sampler) -> None:
+        check_head(self.model, self.problem, getattr(sampler, "ways", None), self.name)
 
     def meta_parameters(self) -> dict[str, nn.Parameter]:
         return dict(self.model.named_parameters())

@@ -316,10 +316,14 @@ def _build(data_dir: Path | None, cache_dir: Path, download: bool) -> dict:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
+    # serialised in memory first: torch's own writer reports a full disk as "[enforce fail at inline_container.cc]"
+    # (a RuntimeError), a plain write as the OSError the caller turns into a warning
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     f, tmp = open_temp(path)
     try:
         with f:
-            torch.save(obj, f)
+            f.write(buffer.getbuffer())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

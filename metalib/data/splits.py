@@ -81,7 +81,8 @@ def _split_file(
 
 def _parse_split(path: Path, name: str) -> Entries:
     entries: Entries = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    # utf-8-sig: a byte-order mark (as some editors save) is not part of the first line
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         line = line.strip()
         if not line:
             continue

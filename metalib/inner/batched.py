@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..tasks import TaskBatch
 from ..types import Params
-from .core import InnerConfig, LearningRate, at_step, inner_path, query_loss, on_minibatches, start_head
+from .core import InnerConfig, LearningRate, at_step, inner_path, query_loss, query_step, on_minibatches, start_head
 from .one_task import head_only
 
 
@@ -47,7 +47,7 @@ class BatchedEngine:
     def adapt(self, model: nn.Module, params: Params, lr: LearningRate, support_x: Tensor, support_y: Tensor,
               cfg: InnerConfig, names: list[str]) -> Params:
         B = support_x.shape[0]
-        fast = at_step(self._adapt(model, params, lr, support_x, support_y, cfg, names)[0][-1], cfg.per_step, cfg.steps)
+        fast = at_step(self._adapt(model, params, lr, support_x, support_y, cfg, names)[0][-1], cfg.per_step, query_step(cfg.steps))
         return {k: v if v.dim() > params[k].dim() - (k in cfg.per_step) else v.expand(B, *v.shape)
                 for k, v in fast.items()}
 

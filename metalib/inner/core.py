@@ -10,8 +10,8 @@ Every gradient-based algorithm in metalib is an :class:`InnerConfig` of this loo
   weights ``phi`` towards the shared start ``theta`` (iMAML's regularised inner problem);
 * MAML++'s options: ``lr_per_step`` (each learning-rate tensor has one entry per step: learned per-step,
   per-layer rates), ``per_step`` (parameters that do not adapt but have one value per step, e.g. BatchNorm
-  weights: ``[steps + 1, *shape]``, the last for the query pass) and ``step_weights`` (the multi-step loss: the
-  query loss after every step, weighted);
+  weights: ``[steps, *shape]``; the query pass after step i uses step i's, as the reference implementation does)
+  and ``step_weights`` (the multi-step loss: the query loss after every step, weighted);
 * ``head_init="prototypes"`` starts each task's linear head from its class prototypes (Proto-MAML);
   ``head_init="zeros"`` from zero (Kao et al.'s zeroing trick: every class starts equal, so the meta-learned
   head's arbitrary class order adds no noise to the meta-gradient);
@@ -25,6 +25,8 @@ twin) and computes the same numbers.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping
 
@@ -36,7 +38,7 @@ from ..problems import CLASSIFICATION, Problem
 from ..tasks import TaskBatch
 from ..types import Params
 
-__all__ = ["InnerConfig", "sgd_step", "with_proximal", "lr_at", "at_step", "inner_sgd", "inner_path", "query_loss",
+__all__ = ["InnerConfig", "sgd_step", "with_proximal", "lr_at", "at_step", "inner_sgd", "inner_path", "query_loss", "query_step",
            "prototype_head", "start_head", "support_minibatch", "on_minibatches", "adapt",
            "task_losses", "STRATEGIES"]
 
@@ -58,14 +60,18 @@ class InnerConfig:
     problem: Problem = field(default=CLASSIFICATION)
     proximal: float = 0.0                 # lambda of the proximal term; 0 = plain support loss
     lr_per_step: bool = False             # learning-rate tensors are [steps, ...]: one rate per step
-    per_step: tuple[str, ...] = ()        # fixed parameters given as [steps + 1, *shape]: one value per step
+    per_step: tuple[str, ...] = ()        # fixed parameters given as [steps, *shape]: one value per step
     step_weights: tuple[float, ...] | None = None  # multi-step loss: weights of the query losses after steps 1..n
     head_init: str | None = None          # "prototypes" | "zeros": where each task's head starts (None: the model's)
     support_batches: int | None = None    # step i adapts on slice i % n of the support set (None: all of it)
 
     def __post_init__(self):
-        if self.steps < 0:
-            raise ArgumentError(f"inner steps must be >= 0, got {self.steps}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ArgumentError(f"inner steps must be an integer >= 0, got {self.steps!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) \
+                or self.lr < 0:
+            raise ArgumentError(f"the inner learning rate must be a finite number >= 0, got {self.lr!r}"
+                                + (" (a string: pass a number, e.g. 0.1)" if isinstance(self.lr, str) else ""))
         if not self.proximal >= 0:
             raise ArgumentError(f"the proximal weight must be >= 0, got {self.proximal}")
         if self.strategy not in STRATEGIES:
@@ -105,11 +111,17 @@ def lr_at(lr: LearningRate, step: int, per_step: bool) -> LearningRate:
 
 
 def at_step(params: Params, names: tuple[str, ...], step: int) -> Params:
-    """``params`` with each per-step parameter in ``names`` (``[steps + 1, *shape]``) replaced by its value at
-    ``step`` (the last one past the end)."""
+    """``params`` with each per-step parameter in ``names`` (``[steps, *shape]``) replaced by its value at ``step``
+    (0-based; the last one past the end, the first before the start)."""
     if not names:
         return params
-    return {k: v[min(step, len(v) - 1)] if k in names else v for k, v in params.items()}
+    return {k: v[min(max(step, 0), len(v) - 1)] if k in names else v for k, v in params.items()}
+
+
+def query_step(step: int) -> int:
+    """The per-step parameters of the query pass after inner step ``step`` (1-based): those of that step's own
+    support pass, ``step - 1``, as the MAML++ reference implementation indexes them."""
+    return max(step - 1, 0)
 
 
 def inner_sgd(loss: Callable[[Params, int], Tensor], params: Params, lr: LearningRate, steps: int,
@@ -148,9 +160,9 @@ def query_loss(evaluate: Callable[[Params, int], tuple[Tensor, Tensor]], path: l
     """``(loss, output)`` of the query set after the last step (``evaluate(params, step) -> (loss, output)``, with
     ``path`` as :func:`inner_path` returns it); with ``cfg.step_weights`` (the multi-step loss) the loss is the
     weighted sum of the query losses after every step."""
-    loss, out = evaluate(path[-1], cfg.steps)
+    loss, out = evaluate(path[-1], query_step(cfg.steps))
     if cfg.step_weights:
-        loss = cfg.step_weights[-1] * loss + sum(w * evaluate(p, i)[0] for i, (w, p) in
+        loss = cfg.step_weights[-1] * loss + sum(w * evaluate(p, query_step(i))[0] for i, (w, p) in
                                                  enumerate(zip(cfg.step_weights[:-1], path[1:-1]), start=1) if w)
     return loss, out
 

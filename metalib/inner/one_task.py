@@ -8,7 +8,7 @@ from torch.func import functional_call, grad
 
 from ..models import BodyHeadModel, TaskBatchedModel
 from ..types import Params
-from .core import (InnerConfig, LearningRate, at_step, inner_path, lr_at, query_loss, start_head, sgd_step,
+from .core import (InnerConfig, LearningRate, at_step, inner_path, lr_at, query_loss, query_step, start_head, sgd_step,
                    on_minibatches, with_proximal)
 
 Forward = Callable[..., Tensor]
@@ -85,7 +85,7 @@ def adapted_one(model: nn.Module, params: Params, lr: LearningRate, x: Tensor, y
                 names: list[str], sgd: SGD, native: bool = False, channels_last: bool = False) -> Params:
     """One task's final adapted parameters (per-step parameters at their last step)."""
     path, _ = adapt_one(model, params, lr, x, y, cfg, names, sgd, native, channels_last)
-    return at_step(path[-1], cfg.per_step, cfg.steps)
+    return at_step(path[-1], cfg.per_step, query_step(cfg.steps))
 
 
 def is_native(model: nn.Module) -> bool:

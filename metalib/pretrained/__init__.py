@@ -12,7 +12,12 @@ re-evaluates. Models are made by ``python -m metalib.pretrained.export`` from a 
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
+import os
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,14 +25,21 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..algorithms import MetaLearner
+from ..checkpoints import load_checkpoint, restore
+from ..errors import UserError
 from ..utils import resolve_device
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["available", "manifest", "load_pretrained", "results", "curves", "ZOO"]
+__all__ = ["available", "manifest", "load_pretrained", "results", "curves", "file_sha256", "ZooError", "ZOO"]
 
 ZOO = Path(str(resources.files(__name__)))
+_FIX = "restore it with `git checkout metalib/pretrained/` or reinstall metalib"
+
+
+class ZooError(UserError, ValueError):
+    """A shipped model whose files are missing, damaged or do not belong together; the message names the file."""
 
 
 def available() -> list[str]:
@@ -35,24 +47,54 @@ def available() -> list[str]:
     return sorted(p.stem for p in ZOO.glob("*.json") if (ZOO / f"{p.stem}.pt").exists())
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex): what a manifest records of its model file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def manifest(name: str) -> dict:
     """The manifest of a shipped model (how it was made, what it scores)."""
     path = ZOO / f"{name}.json"
     if not path.exists():
-        raise ValueError(f"no pretrained model {name!r}; available: {available()}")
-    return json.loads(path.read_text())
+        raise ZooError(f"no pretrained model {name!r}; available: {available()}")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ZooError(f"manifest {path} is damaged ({str(exc).splitlines()[0]}); {_FIX}") from None
+    if not isinstance(info, dict):
+        raise ZooError(f"manifest {path} holds a {type(info).__name__}, not a manifest (a JSON object); {_FIX}")
+    missing = [k for k in ("argv", "recipe", "evaluation", "sha256") if k not in info]
+    if missing:
+        raise ZooError(f"manifest {path} lacks {', '.join(missing)}; {_FIX}")
+    return info
 
 
 def load_pretrained(name: str, device: torch.device | str = "cpu") -> MetaLearner:
-    """The shipped learner ``name`` on ``device``, built with the settings it was trained with."""
+    """The shipped learner ``name`` on ``device``, built with the settings it was trained with. The model file must
+    be the one its manifest describes (its SHA-256 is checked)."""
     from ..train_cli import build_learner, parse_args
 
     info = manifest(name)
-    _, args = parse_args(info["argv"])
+    weights = ZOO / f"{name}.pt"
+    if not weights.exists():
+        raise ZooError(f"model file {weights} is missing; {_FIX}")
+    if file_sha256(weights) != info["sha256"]:
+        raise ZooError(f"model file {weights} is not the one its manifest {ZOO / name}.json describes (SHA-256 "
+                       f"differs: another model's file, or damaged); {_FIX}")
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse's usage text is about a command nobody typed
+            _, args = parse_args(info["argv"])
+    except SystemExit:  # the manifest's settings are not train_cli's
+        raise ZooError(f"manifest {ZOO / name}.json records settings this metalib cannot build ({info['argv']}); "
+                       f"{_FIX}") from None
     device = resolve_device(device)
     learner = build_learner(args, device)
-    state = torch.load(ZOO / f"{name}.pt", map_location=device, weights_only=True)
-    learner.load_state_dict(state)
+    state = load_checkpoint(weights, map_location=device)
+    restore(weights, learner, state, f"learner ({learner.name})")
     return learner.eval()
 
 
@@ -72,7 +114,11 @@ def results() -> pd.DataFrame:
                "test_steps", "batchnorm", "published", "train_min", "steps", "machine"]
     rows = []
     for name in available():
-        info = manifest(name)
+        try:
+            info = manifest(name)
+        except ZooError as exc:  # one damaged manifest must not hide the others
+            warnings.warn(f"{exc} (left out of the results)", stacklevel=2)
+            continue
         for e in info["evaluation"]:
             rows.append({"model": name, "algorithm": info["recipe"]["algorithm"], "variant": _variant(name),
                          "train_split": info["recipe"].get("train_split", "train"),
@@ -88,4 +134,10 @@ def curves() -> dict[str, pd.DataFrame]:
     """Test accuracy against training time of every shipped model (its snapshots, ``curve.tasks`` tasks each)."""
     import pandas as pd
 
-    return {name: pd.DataFrame(manifest(name)["curve"]["points"]) for name in available()}
+    out = {}
+    for name in available():
+        try:
+            out[name] = pd.DataFrame(manifest(name)["curve"]["points"])
+        except ZooError as exc:
+            warnings.warn(f"{exc} (left out of the curves)", stacklevel=2)
+    return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -26,8 +25,10 @@ from ..evaluate import evaluate
 from ..profiling import cpu_name
 from ..recipes import get_recipe
 from ..tasks import EpisodeSampler
+from ..train import make_optimizer
 from ..train_cli import build_learner, parse_args, run_settings
-from . import ZOO
+from ..outputs import torch_save_atomic, write_atomic
+from . import ZOO, file_sha256
 
 TEST_SEED_OFFSET = 2  # train_cli's test stream: seed + 2
 
@@ -111,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     _, args = parse_args(argv_run)
     state = load_checkpoint(a.checkpoint)
     try:  # the checkpoint must be a run of this recipe
-        check_same_run(a.checkpoint, state.get("run_settings"), run_settings(args))
+        learner = build_learner(args, torch.device("cpu"))
+        check_same_run(a.checkpoint, state.get("run_settings"),
+                       run_settings(args, learner, make_optimizer(learner, args.optimizer, args.outer_lr)))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    learner = build_learner(args, torch.device("cpu"))
     learner.load_state_dict(state["learner"])
     if state["step"] != recipe.steps:
         print(f"warning: the run stopped at step {state['step']} of {recipe.steps}", file=sys.stderr)
@@ -146,12 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                                                             "points": curve},
         "history": state["history"], "parameters": sum(v.numel() for v in learner.state_dict().values()),
     }
-    ZOO.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().to(torch.float32).contiguous() for k, v in learner.state_dict().items()}
-    tmp = ZOO / f".{a.recipe}.pt.tmp{os.getpid()}"
-    torch.save(weights, tmp)
-    os.replace(tmp, ZOO / f"{a.recipe}.pt")
-    (ZOO / f"{a.recipe}.json").write_text(json.dumps(info, indent=1) + "\n")
+    torch_save_atomic(ZOO / f"{a.recipe}.pt", weights, "model file")
+    info["sha256"] = file_sha256(ZOO / f"{a.recipe}.pt")
+    write_atomic(ZOO / f"{a.recipe}.json", json.dumps(info, indent=1) + "\n", "manifest")
     print(f"wrote {ZOO / a.recipe}.pt and .json")
     return 0
 

@@ -27,6 +27,8 @@ use ``run -p``.
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -71,6 +73,22 @@ def _fill_dirs(args: argparse.Namespace, *needed: str) -> None:
                 "output_dir": project.output_root / getattr(args, "profile", "")}
     for name in missing:
         setattr(args, name, defaults[name])
+
+
+def _writable_dir(path: Path, option: str) -> Path:
+    """``path`` as a folder this process can write (created if missing), checked before any notebook runs."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise _UsageError(f"{option} {_rel(path)}: {_rel(existing)} is a file, not a folder; choose another folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _UsageError(f"{option} {_rel(path)} cannot be written ({exc.strerror or exc}); choose a writable "
+                          f"folder") from None
+    return path
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -162,7 +180,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 print(f"note: -p {name} applies to {', '.join(users)} only")
 
     timeout = DEFAULT_TIMEOUT_S[args.profile] if args.timeout is None else (args.timeout or None)
-    output_dir = args.output_dir.resolve()
+    output_dir = _writable_dir(args.output_dir.resolve(), "--output-dir")
     kernel = resolve_kernel(args.kernel)
     if kernel.note:
         print(f"note: {kernel.note}", file=sys.stderr)

@@ -97,6 +97,23 @@ def _mark_stopped_cell(output_path: Path, cell_index: int | None) -> None:
     nbformat.write(nb, output_path)
 
 
+def _publish(partial: Path, result: NotebookResult) -> None:
+    """Put the executed notebook in place if papermill wrote it whole; else keep the previous one and say why."""
+    if not partial.exists():
+        return
+    import nbformat
+
+    try:
+        nbformat.read(partial, as_version=4)
+        os.replace(partial, result.output_path)
+    except Exception as exc:  # a full disk mid-save: a truncated file must not replace a good one
+        partial.unlink(missing_ok=True)
+        note = f"the executed notebook {result.output_path} was not written ({type(exc).__name__}: {exc})"
+        result.error = f"{result.error}; {note}" if result.error else note
+        if result.ok:
+            result.status = "error"
+
+
 def run_notebook(path: str | Path, output_dir: str | Path, *, profile: str = "quick",
                  overrides: Mapping[str, Any] | None = None, timeout: float | None = None,
                  kernel: KernelChoice | None = None, progress_bar: bool = False) -> NotebookResult:
@@ -147,9 +164,11 @@ def run_notebook(path: str | Path, output_dir: str | Path, *, profile: str = "qu
         engine_kwargs["timeout_func"] = lambda cell: max(1, int(math.ceil(deadline - time.monotonic())))
 
     injected = bool(result.parameters)
+    # papermill saves the notebook after every cell: into a partial file, which replaces the output only when whole
+    partial = output_dir / f".{path.stem}.partial{os.getpid()}-{threading.get_ident()}.ipynb"
     try:
         papermill.execute_notebook(
-            str(path), str(result.output_path), parameters=dict(result.parameters), kernel_name=kernel.name,
+            str(path), str(partial), parameters=dict(result.parameters), kernel_name=kernel.name,
             language="python", progress_bar=progress_bar, start_timeout=KERNEL_START_TIMEOUT_S, **engine_kwargs)
         result.status = "ok"
     except PapermillExecutionError as exc:
@@ -165,7 +184,7 @@ def run_notebook(path: str | Path, output_dir: str | Path, *, profile: str = "qu
         result.error = (f"exceeded the {timeout:g} s timeout in "
                         f"{_describe_cell(current['cell'], params_index, injected)}")
         try:
-            _mark_stopped_cell(result.output_path, current["cell"])
+            _mark_stopped_cell(partial, current["cell"])
         except Exception as exc:  # the timeout is the news; a notebook we cannot rewrite is a footnote
             result.error += f" (the executed notebook was not marked: {type(exc).__name__}: {exc})"
     except DeadKernelError as exc:
@@ -177,6 +196,7 @@ def run_notebook(path: str | Path, output_dir: str | Path, *, profile: str = "qu
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
         result.runtime_s = time.monotonic() - start
+        _publish(partial, result)
         try:
             result.metrics = load_metrics(result.metrics_path)
         except (OSError, ValueError) as exc:
