@@ -351,12 +351,14 @@ def random_architecture_search(space: SearchSpace, train_data: Batch, val_data: 
     """Random search: draw an architecture (``seed``), train it from scratch (``steps`` steps of
     :func:`train_network` with ``train_kw``, initialised with ``seed + trial``), score its validation loss; repeat
     until ``n_trials`` trials or ``budget_s`` seconds, whichever comes first. Within a budget no trial is started
-    that the mean trial time says would end past it, and one that still ends past it is dropped (the first is
-    always kept), so the search spends at most ``budget_s``: equal compute means equal.
+    that the mean trial time says would end past it; one that still ends past it is recorded
+    (``within_budget`` False) but never selected, and ``time_s`` is when the last trial within the budget ended (the
+    compute the result stands on: at most ``budget_s``, unless even the first trial overran it). Equal compute
+    means equal.
 
     Trial rows: ``trial``, one column per edge (``"j->i"``), ``arch``, ``value`` (val loss), ``val_acc``, ``time_s``
-    (since the start); ``best`` is ``{"arch", "init_seed"}``. :func:`metalib.search.random_search` has no time
-    budget, hence this loop; the result is the same :class:`~metalib.search.SearchResult`.
+    (since the start), ``within_budget``; ``best`` is ``{"arch", "init_seed"}``. :func:`metalib.search.random_search`
+    has no time budget, hence this loop; the result is the same :class:`~metalib.search.SearchResult`.
     """
     if (n_trials is None and budget_s is None) or (budget_s is not None and not budget_s > 0):
         raise ArgumentError(f"give n_trials, budget_s > 0 or both, got {n_trials}, {budget_s}")
@@ -375,12 +377,12 @@ def random_architecture_search(space: SearchSpace, train_data: Batch, val_data: 
         rows.append({"trial": len(rows), **dict(zip(names, arch)), "arch": arch,
                      "value": s["val_loss"] if math.isfinite(s["val_loss"]) else math.inf, "val_acc": s["val_acc"],
                      "time_s": time.perf_counter() - start})
-    if budget_s is not None and len(rows) > 1 and rows[-1]["time_s"] > budget_s:
-        rows.pop()  # ended past the budget: not part of an equal-compute comparison
     trials = pd.DataFrame(rows)
-    best = trials.loc[trials["value"].idxmin()]
+    trials["within_budget"] = True if budget_s is None else (trials["time_s"] <= budget_s) | (trials["trial"] == 0)
+    kept = trials[trials["within_budget"]]
+    best = kept.loc[kept["value"].idxmin()]
     return SearchResult({"arch": best["arch"], "init_seed": seed + int(best["trial"])}, float(best["value"]),
-                        trials, float(trials["time_s"].iloc[-1]))
+                        trials, float(kept["time_s"].iloc[-1]))
 
 
 def mixture_table(weights: Any, space: SearchSpace) -> pd.DataFrame:

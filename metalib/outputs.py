@@ -17,6 +17,7 @@ import io
 import os
 import socket
 import threading
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -110,7 +111,12 @@ class OutputLock:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # a filesystem without flock (some NFS/Lustre)
+                    os.close(fd)
+                    warnings.warn(f"cannot lock {self.lock_path} ({exc.strerror}): this filesystem does not support "
+                                  f"flock, so nothing stops a second run from writing {self.path} too", stacklevel=3)
+                    return self
                 holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
                 os.close(fd)
                 raise OutputInUseError(

@@ -50,18 +50,25 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class _StopRequests:
     """While active, SIGINT and SIGTERM only ask the loop to stop after the current step (a second SIGINT
-    interrupts at once). Signals can only be handled in the main thread; elsewhere this does nothing. With
-    several processes SIGTERM keeps its default (torchrun stops a failed job's ranks with it)."""
+    interrupts at once). Signals can only be handled in the main thread; elsewhere this does nothing.
 
-    def __init__(self, handle_sigterm: bool):
+    With several processes SIGTERM keeps its default (torchrun stops a failed job's ranks with it), and a second
+    SIGINT within ``grace_s`` of the first is not a second request: torchrun forwards the terminal's Ctrl-C to
+    ranks that got it already. (Not exercised by the tests: they interrupt single processes.)"""
+
+    def __init__(self, processes: int, grace_s: float = 2.0):
         self.received: str | None = None
-        self._signals = [signal.SIGINT] + ([signal.SIGTERM] if handle_sigterm else [])
+        self._signals = [signal.SIGINT] + ([signal.SIGTERM] if processes == 1 else [])
+        self._grace = grace_s if processes > 1 else 0.0
         self._previous: dict[int, object] = {}
+        self._at = 0.0
 
     def _handler(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
+            if time.monotonic() - self._at >= self._grace:
+                raise KeyboardInterrupt
+            return
+        self.received, self._at = signal.Signals(signum).name, time.monotonic()
 
     def __enter__(self) -> "_StopRequests":
         if threading.current_thread() is threading.main_thread():
@@ -70,8 +77,8 @@ class _StopRequests:
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+        for sig, previous in self._previous.items():  # None: a handler not installed from Python (restore the default)
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
 
 
 def make_optimizer(learner: MetaLearner, name: str | None = None, lr: float | None = None) -> torch.optim.Optimizer:
@@ -136,7 +143,7 @@ def meta_train(learner: MetaLearner, sampler, *, steps: int, meta_batch: int = 3
             if snapshot_every:
                 check_writable(snapshot_dir(checkpoint) / "step0000000.pt", "snapshot")
             _lock(held, checkpoint, execution)
-        stops = held.enter_context(_StopRequests(handle_sigterm=execution.processes == 1))
+        stops = held.enter_context(_StopRequests(execution.processes))
         return _meta_train(learner, sampler, steps, meta_batch, optimizer, scheduler, val_sampler, val_every,
                            val_tasks, val_steps, checkpoint, checkpoint_every, resume, time_budget, progress,
                            snapshot_every, run_settings, execution, on_row, stops)
@@ -153,8 +160,9 @@ def _meta_train(learner, sampler, steps, meta_batch, optimizer, scheduler, val_s
         state = load_checkpoint(checkpoint, map_location=next(iter(params.values())).device)
         require_keys(checkpoint, state, ("step", "learner", "optimizer", "history"), "a meta_train checkpoint")
         check_same_run(checkpoint, state.get("run_settings"), run_settings)
-        check_same_run(checkpoint, _common(state.get("settings"), learner.describe()), learner.describe())
         restore(checkpoint, learner, state["learner"], f"learner ({learner.name})")
+        # after restore: describe() may report learned values (R2D2's lambda), which are the checkpoint's now
+        check_same_run(checkpoint, *_common(state.get("settings"), learner.describe()))
         kind = state.get("optimizer_class")  # another optimiser's state loads silently, then fails at its first step
         if kind is not None and kind != type(optimizer).__name__:
             raise CheckpointError(f"checkpoint {checkpoint} does not fit this optimizer ({type(optimizer).__name__}): "
@@ -229,6 +237,10 @@ def _meta_train(learner, sampler, steps, meta_batch, optimizer, scheduler, val_s
             raise TrainingInterrupted(done, checkpoint, stops.received or "a signal in another process")
         if out_of_time:
             break
+    # a signal during the last step: the run is complete, but the caller (e.g. the CLI's evaluation) must stop too
+    if execution.agree(stops.received is not None) if execution.processes > 1 else stops.received is not None:
+        save(done)
+        raise TrainingInterrupted(done, checkpoint, stops.received or "a signal in another process")
     if running:
         history.append({"step": done, **{f"train_{k}": sum(v) / len(v) for k, v in running.items()},
                         "time_s": elapsed, "cpu_s": cpu})
@@ -252,7 +264,10 @@ def _lock(held: ExitStack, checkpoint: str | os.PathLike, execution: Execution) 
         sweep_folder(snapshot_dir(checkpoint))
 
 
-def _common(saved: dict | None, now: dict) -> dict | None:
-    """The recorded learner settings that this code still describes (a key added to ``describe()`` since the
-    checkpoint was written is not a different run)."""
-    return None if saved is None else {k: v for k, v in saved.items() if k in now}
+def _common(saved: dict | None, now: dict) -> tuple[dict | None, dict]:
+    """The recorded and the current learner settings, on the keys both have (a key added to or dropped from
+    ``describe()`` since the checkpoint was written is a change of code, not of the run)."""
+    if saved is None:
+        return None, now
+    keys = set(saved) & set(now)
+    return {k: saved[k] for k in keys}, {k: now[k] for k in keys}

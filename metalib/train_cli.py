@@ -15,6 +15,7 @@ Running the same command again resumes from ``--checkpoint``, with any number of
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import sys
 from pathlib import Path
@@ -184,7 +185,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         _finite(p, a, name, 0.0)
     _finite(p, a, "lr_gamma", 0.0, high=1.0)
     _finite(p, a, "lr_min", 0.0, above=False)
-    outer = a.outer_lr if a.outer_lr is not None else (1.0 if a.algorithm == "reptile" else 1e-3)
+    optimizer = a.optimizer or ("sgd" if a.algorithm == "reptile" else "adam")
+    outer = a.outer_lr if a.outer_lr is not None else (1.0 if optimizer == "sgd" else 1e-3)
     if a.lr_schedule == "cosine" and a.lr_min > outer:
         p.error(f"--lr-min {a.lr_min:g} is above the outer learning rate {outer:g}: the cosine schedule anneals "
                 f"down to --lr-min, so pass a smaller one")
@@ -278,13 +280,28 @@ def run_settings(a: argparse.Namespace, learner: MetaLearner | None = None,
         settings["zero_head"] = True
     if learner is not None and optimizer is not None:
         inner = getattr(learner, "inner", None)  # the inner loop's settings, where the learner has one
-        defaults = {"queries": 10 if a.dataset == "sinusoid" else 15, "optimizer": type(optimizer).__name__.lower(),
-                    "outer_lr": optimizer.defaults["lr"]}
+        used = {"queries": 10 if a.dataset == "sinusoid" else 15, "optimizer": type(optimizer).__name__.lower(),
+                "outer_lr": optimizer.defaults["lr"]}
         if inner is not None and a.algorithm not in NO_INNER_LOOP:
-            defaults.update(inner_lr=inner.lr, inner_steps=inner.steps)
-        settings.update({k: v for k, v in defaults.items() if settings[k] is None})
-        settings["_defaults"] = defaults
+            used.update(inner_lr=inner.lr, inner_steps=inner.steps)
+        settings.update({k: v for k, v in used.items() if settings[k] is None})
+        settings["_defaults"] = _defaults(a, learner)
     return settings
+
+
+def _defaults(a: argparse.Namespace, learner: MetaLearner) -> dict[str, object]:
+    """What the options of RUN_OPTIONS that can be left unset resolve to when they are: an earlier checkpoint that
+    recorded such an option as None ran with this value."""
+    optimizer = make_optimizer(learner)  # the learner's own default (Adam 1e-3; SGD 1.0 for Reptile)
+    out = {"queries": 10 if a.dataset == "sinusoid" else 15, "optimizer": type(optimizer).__name__.lower(),
+           "outer_lr": optimizer.defaults["lr"]}
+    if a.algorithm not in NO_INNER_LOOP:
+        factory = inspect.signature(ALGORITHMS[a.algorithm]).parameters
+        factory = factory if "inner_lr" in factory else inspect.signature(ALGORITHMS["maml"]).parameters  # fomaml(**kw)
+        out["inner_lr"] = 0.01 if a.dataset == "sinusoid" else factory["inner_lr"].default
+        if "steps" in factory:
+            out["inner_steps"] = factory["steps"].default
+    return out
 
 
 def _scheduler(a: argparse.Namespace, optimizer: torch.optim.Optimizer):
@@ -352,11 +369,11 @@ def check_outputs(a: argparse.Namespace) -> None:
         raise UserError("--snapshot-every keeps snapshots next to the checkpoint: pass --checkpoint too")
     if a.checkpoint:
         check_writable(a.checkpoint, "checkpoint")
-    if a.history_csv:
-        check_writable(a.history_csv, "history CSV")
-    check_distinct({"--checkpoint": a.checkpoint, "--history-csv": a.history_csv,
+    check_distinct({"--checkpoint": a.checkpoint, "--history-csv": a.history_csv,  # before a check creates a folder
                     "snapshot folder (<checkpoint>.snapshots)": snapshot_dir(a.checkpoint) if a.checkpoint else None,
                     "checkpoint's lock (<checkpoint>.lock)": lock_path(a.checkpoint) if a.checkpoint else None})
+    if a.history_csv:
+        check_writable(a.history_csv, "history CSV")
     if a.checkpoint and a.snapshot_every:
         check_writable(snapshot_dir(a.checkpoint) / "step0000000.pt", "snapshot")
 

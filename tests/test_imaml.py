@@ -169,8 +169,14 @@ def test_an_unsolved_inner_problem_and_an_indefinite_system_are_reported_and_war
     assert metrics["inner_residual"] > 0.1 and 0 < metrics["cg_indefinite"] <= 1
     assert len(messages) == 2 and "inner problem is not solved" in messages[0] and "not positive definite" in messages[1]
     assert all(torch.isfinite(v).all() for v in grads.values())
-    a = torch.diag(torch.tensor([[2.0, 1.0, -1.0], [1.0, 1.0, 1.0]], dtype=torch.float64)[0]).expand(1, 3, 3)
+    # A = diag(2, 1, -1), b = 1: the first CG step has curvature 2 > 0 (x = 1.5 b); the next direction (1.5, 3, 6)
+    # has curvature -22.5, where CG would diverge: it stops and keeps x = 1.5 b, residual |(-2, -0.5, 2.5)| / |b|
+    a = torch.diag(torch.tensor([2.0, 1.0, -1.0], dtype=torch.float64)).expand(1, 3, 3)
     info: dict = {}
     b = {"w": torch.ones(1, 3, dtype=torch.float64)}
     x = batched_cg(lambda p: {"w": (a @ p["w"].unsqueeze(-1)).squeeze(-1)}, b, iters=3, info=info)
-    assert bool(info["indefinite"][0]) and torch.isfinite(x["w"]).all()
+    torch.testing.assert_close(x["w"], 1.5 * b["w"])
+    assert bool(info["indefinite"][0]) and info["residual"][0].item() == pytest.approx((10.5 / 3) ** 0.5)
+    first = batched_cg(lambda p: {"w": -p["w"]}, b, iters=3, info=info)  # negative curvature at once: b itself
+    torch.testing.assert_close(first["w"], b["w"])
+    assert bool(info["indefinite"][0]) and torch.isnan(info["residual"][0])

@@ -28,7 +28,6 @@ CLAIMS = {
         ("learned_vs_tuned_adam_deeper", "<", 2.0, "... near or below it on a deeper net"),
         ("learned_vs_tuned_adam_minibatch", "<", 2.0, "... and with noisy minibatch gradients"),
         ("sgd_diverged_on_wider_net", "==", 1, "SGD at its tuned rate diverges on the wider net"),
-        ("random_search_seconds_over_darts", "<=", 1.0, "random search spends at most DARTS's seconds"),
     ],
 }
 _OPS = {">": lambda a, b: a > b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b}

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from metalib.algorithms import anil, maml
+from metalib.algorithms import anil, maml, r2d2
+from metalib.models import conv4
 from metalib.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from metalib.models import mlp
 from metalib.outputs import OutputInUseError, OutputLock, OutputWriteError, torch_save_atomic, write_atomic
 from metalib.tasks import SinusoidTasks
-from metalib.train import meta_train
+from metalib.train import TrainingInterrupted, meta_train
 from metalib.train_cli import run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,7 +51,7 @@ def sine(seed: int = 0):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_saves_the_last_step_and_the_rerun_equals_an_uninterrupted_run(tmp_path, sig):
     """Ctrl-C at step ~16 with --checkpoint-every 1000 used to print a 30-line traceback and keep nothing."""
-    argv = SINE + ["--steps", "400", "--val-every", "7", "--checkpoint-every", "1000"]
+    argv = SINE + ["--steps", "1000", "--val-every", "7", "--checkpoint-every", "5000"]
     whole = tmp_path / "whole.pt"
     subprocess.run(CLI + argv + ["--checkpoint", str(whole)], check=True, env=ENV, capture_output=True)
     path = tmp_path / "run.pt"
@@ -63,12 +64,12 @@ def test_an_interrupt_saves_the_last_step_and_the_rerun_equals_an_uninterrupted_
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     step = load_checkpoint(path)["step"]
-    assert 7 <= step < 400
+    assert 7 <= step < 1000
     assert err.strip() == (f"training interrupted ({signal.Signals(sig).name}) at step {step}: saved to {path}; run "
                            f"the same command again to resume")
     subprocess.run(CLI + argv + ["--checkpoint", str(path)], check=True, env=ENV, capture_output=True)
     a, b = load_checkpoint(whole), load_checkpoint(path)
-    assert a["step"] == b["step"] == 400
+    assert a["step"] == b["step"] == 1000
     for k, v in a["learner"].items():
         assert torch.equal(v, b["learner"][k]), k
     strip = lambda rows: [{k: v for k, v in r.items() if k.startswith(("step", "train_"))} for r in rows]
@@ -227,3 +228,55 @@ def test_meta_train_refuses_to_resume_another_learners_checkpoint_without_run_se
         meta_train(maml(mlp(seed=0), inner_lr=0.02, problem="regression"), SinusoidTasks(5, seed=0), steps=4,
                    meta_batch=2, checkpoint=path, progress=False)
     assert load_checkpoint(path)["step"] == 2
+
+
+class SignalAt:
+    """Tasks of ``SinusoidTasks`` that send this process ``sig`` while the tasks of step ``at`` are drawn."""
+
+    def __init__(self, at: int, sig=signal.SIGINT, meta_batch: int = 2):
+        self.tasks, self.at, self.sig, self.meta_batch = SinusoidTasks(5, seed=0), at, sig, meta_batch
+
+    def batch(self, indices):
+        if indices[0] == self.at * self.meta_batch:
+            os.kill(os.getpid(), self.sig)
+        return self.tasks.batch(indices)
+
+
+@pytest.mark.parametrize("at", [3, 5])  # mid-run, and during the last step (which used to be swallowed)
+def test_a_signal_from_python_finishes_the_step_saves_it_and_resumes_the_same_run(tmp_path, at):
+    whole = meta_train(sine(), SinusoidTasks(5, seed=0), steps=6, meta_batch=2, val_every=4,
+                       checkpoint=tmp_path / "whole.pt", progress=False)
+    with pytest.raises(TrainingInterrupted, match=f"at step {at + 1}: saved to"):
+        meta_train(sine(), SignalAt(at), steps=6, meta_batch=2, val_every=4, checkpoint=tmp_path / "run.pt",
+                   progress=False)
+    assert load_checkpoint(tmp_path / "run.pt")["step"] == at + 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    again = meta_train(sine(), SinusoidTasks(5, seed=0), steps=6, meta_batch=2, val_every=4,
+                       checkpoint=tmp_path / "run.pt", progress=False)
+    a, b = load_checkpoint(tmp_path / "whole.pt"), load_checkpoint(tmp_path / "run.pt")
+    for k, v in a["learner"].items():
+        assert torch.equal(v, b["learner"][k]), k
+    cols = [c for c in whole.columns if c.startswith(("step", "train_"))]
+    assert whole[cols].equals(again[cols])
+
+
+def test_a_learner_that_reports_learned_values_resumes(tmp_path):
+    """R2D2's describe() reports its learned lambda and scale: compared before the restore, every resume failed."""
+    from metalib.tasks import EpisodeSampler
+
+    images = torch.randint(0, 255, (10, 20, 28, 28), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    sampler = EpisodeSampler(images, ways=5, shots=1, queries=2, seed=0)
+    make = lambda: r2d2(conv4(0, hidden=8, seed=0))  # noqa: E731
+    meta_train(make(), sampler, steps=2, meta_batch=2, checkpoint=tmp_path / "run.pt", progress=False)
+    meta_train(make(), sampler, steps=4, meta_batch=2, checkpoint=tmp_path / "run.pt", progress=False)
+    assert load_checkpoint(tmp_path / "run.pt")["step"] == 4
+
+
+def test_a_setting_added_to_describe_since_the_checkpoint_is_not_a_different_run(tmp_path):
+    path = tmp_path / "run.pt"
+    meta_train(sine(), SinusoidTasks(5, seed=0), steps=2, meta_batch=2, checkpoint=path, progress=False)
+    state = load_checkpoint(path)
+    del state["settings"]["first_order"]  # as written by code whose describe() did not report it yet
+    save_checkpoint(path, state)
+    meta_train(sine(), SinusoidTasks(5, seed=0), steps=4, meta_batch=2, checkpoint=path, progress=False)
+    assert load_checkpoint(path)["step"] == 4

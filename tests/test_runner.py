@@ -290,3 +290,16 @@ def test_a_failed_save_of_the_executed_notebook_keeps_the_previous_one(tmp_path,
     assert result.status == "error" and "No space left on device" in result.error
     assert out.read_text() == "the previous run's notebook"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.ipynb"]
+
+
+def test_partial_notebooks_of_killed_runs_are_swept_and_nothing_else(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, mine = tmp_path / f".tiny.partial{dead.pid}-1234.ipynb", tmp_path / ".tiny.notes.ipynb"
+    stale.write_text("{}")
+    mine.write_text("{}")
+    result = run_notebook(TINY, tmp_path)
+    assert result.ok and not stale.exists() and mine.exists()

@@ -76,6 +76,17 @@ def test_an_explicit_option_equal_to_its_default_resumes_the_same_run(tmp_path, 
     capsys.readouterr()
     assert run(SINE + ["--steps", "8", "--checkpoint", path, "--inner-lr", "0.02"]) == 2
     assert "inner_lr: checkpoint 0.01, now 0.02" in capsys.readouterr().err
+    state = load_checkpoint(path)
+    state["run_settings"].update(outer_lr=None)  # recorded as the default: another rate is another run
+    save_checkpoint(path, state)
+    assert run(SINE + ["--steps", "8", "--checkpoint", path, "--outer-lr", "0.002"]) == 2
+    assert "outer_lr: checkpoint None, now 0.002" in capsys.readouterr().err
+
+
+def test_the_cosine_floor_is_checked_against_the_optimisers_own_rate():
+    parse_args(["--optimizer", "sgd", "--lr-schedule", "cosine", "--lr-min", "0.01"])  # SGD's default rate is 1.0
+    with pytest.raises(SystemExit):
+        parse_args(["--algorithm", "reptile", "--optimizer", "adam", "--lr-schedule", "cosine", "--lr-min", "0.01"])
 
 
 def test_learners_check_their_model_and_settings_when_built_not_in_the_first_step(pattern_images):

@@ -48,20 +48,22 @@ def batched_cg(matvec: Callable[[Params], Params], b: Params, iters: int, tol: f
     A task whose ``A`` shows a direction of zero or negative curvature (``p^T A p <= 0``: not positive definite,
     e.g. a Hessian eigenvalue below ``-lambda``) stops there, as truncated CG does, instead of diverging: it keeps
     its current ``x``, or ``b`` itself (the first-order answer) if that happens at the first iteration. ``info``
-    (if given) receives ``residual`` (per task ``|b - A x| / |b|``; NaN for a task stopped that way) and
-    ``indefinite`` (per task, bool)."""
+    (if given) receives ``residual`` (per task ``|b - A x| / |b|``; NaN for a task given ``b`` at the first
+    iteration) and ``indefinite`` (per task, bool)."""
     x = {k: torch.zeros_like(v) for k, v in b.items()}
     r = {k: v.clone() for k, v in b.items()}
     p = {k: v.clone() for k, v in b.items()}
     rs = _dot(r, r)
     start, floor = rs.clone(), tol ** 2 * rs
     stopped = torch.zeros_like(rs, dtype=torch.bool)
+    fallback = torch.zeros_like(rs, dtype=torch.bool)
     for i in range(iters):
         ap = matvec(p)
         curvature = _dot(p, ap)
         bad = (curvature <= 0) & ~stopped & (rs > floor)
         if i == 0 and bool(bad.any()):  # no step taken yet: fall back to b for those tasks
             x = {k: torch.where(_bcast(bad, x[k]).bool(), b[k], x[k]) for k in x}
+            fallback = bad
         stopped = stopped | bad
         active = (rs > floor) & ~stopped
         alpha = torch.where(active, rs / curvature.where(active, torch.ones_like(rs)), torch.zeros_like(rs))
@@ -71,9 +73,9 @@ def batched_cg(matvec: Callable[[Params], Params], b: Params, iters: int, tol: f
         beta = torch.where(active, rs_new / rs.where(active, torch.ones_like(rs)), torch.zeros_like(rs))
         p = {k: r[k] + _bcast(beta, p[k]) * p[k] for k in p}
         rs = torch.where(active, rs_new, rs)
-    if info is not None:  # CG's own residual is that of its iterate: not defined for the tasks it stopped
+    if info is not None:  # CG's residual is that of its iterate; a task given b instead has none (NaN)
         ratio = (rs / start.clamp_min(torch.finfo(rs.dtype).tiny)).sqrt()
-        info["residual"] = torch.where(stopped, torch.full_like(ratio, float("nan")), ratio)
+        info["residual"] = torch.where(fallback, torch.full_like(ratio, float("nan")), ratio)
         info["indefinite"] = stopped
     return x
 
@@ -127,7 +129,7 @@ class IMAML(GradientMetaLearner):
         ratio = (residual / start.clamp_min(torch.finfo(start.dtype).tiny)).mean().item()
         self._warn_unsolved(ratio, cg["indefinite"].float().mean().item())
         return grads, {"loss": query.mean().item(), problem.score_name: score.item(), "inner_residual": ratio,
-                       "cg_residual": cg["residual"].nan_to_num(1.0).mean().item(),  # a stopped task: unsolved (1)
+                       "cg_residual": cg["residual"].nan_to_num(1.0).mean().item(),  # given b: counted as unsolved (1)
                        "cg_indefinite": cg["indefinite"].float().mean().item()}
 
     def _support_gradient(self, theta: Params, batch: TaskBatch) -> Params:

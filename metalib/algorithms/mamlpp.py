@@ -26,6 +26,7 @@ metalib computes what it computes and keeps no running statistics.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import replace
 
 from torch import Tensor, nn
@@ -63,9 +64,16 @@ class MAMLPlusPlus(GradientMetaLearner):
                  first_order_steps: int | None = None, per_step_bn: bool = True):
         if inner.steps < 1:
             raise ArgumentError(f"MAML++ needs at least one inner step, got {inner.steps}")
+        checked = []
         for name, value in (("msl_steps", msl_steps), ("first_order_steps", first_order_steps)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            try:  # NumPy and 0-d tensor integers too; a bool is a mistake
+                index = None if value is None else -1 if isinstance(value, bool) else operator.index(value)
+            except TypeError:
+                index = -1
+            if index is not None and index < 0:
                 raise ArgumentError(f"{name} must be an integer >= 0 or None (the paper's share), got {value!r}")
+            checked.append(index)
+        msl_steps, first_order_steps = checked
         bn = [f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, TaskBatchNorm) for p in ("weight", "bias")]
         if per_step_bn and not bn:
             raise ArgumentError("per-step BatchNorm needs a model with TaskBatchNorm layers (e.g. conv4)")
@@ -88,7 +96,8 @@ class MAMLPlusPlus(GradientMetaLearner):
         self._step, self._total = step, total
 
     def schedule(self, total: int | None = None) -> tuple[int, int]:
-        """``(msl_steps, first_order_steps)`` for a run of ``total`` outer steps (default: the current run's)."""
+        """``(msl_steps, first_order_steps)`` for a run of ``total`` outer steps (default: the current run's, which
+        :func:`~metalib.train.meta_train` reports; unknown outside it, where the paper's shares are 0 steps)."""
         total = self._total if total is None else total
         share = lambda given, fraction: given if given is not None else round(fraction * (total or 0))  # noqa: E731
         return share(self.msl_steps, MSL_SHARE), share(self.first_order_steps, FIRST_ORDER_SHARE)

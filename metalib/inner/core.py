@@ -26,6 +26,7 @@ twin) and computes the same numbers.
 from __future__ import annotations
 
 import math
+import operator
 
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping
@@ -66,12 +67,22 @@ class InnerConfig:
     support_batches: int | None = None    # step i adapts on slice i % n of the support set (None: all of it)
 
     def __post_init__(self):
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+        # numbers of any kind (NumPy or 0-d tensor scalars too) become plain ones; a string or a bool is a mistake
+        try:
+            steps = None if isinstance(self.steps, bool) else operator.index(self.steps)
+        except TypeError:
+            steps = None
+        if steps is None or steps < 0:
             raise ArgumentError(f"inner steps must be an integer >= 0, got {self.steps!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) \
-                or self.lr < 0:
+        try:
+            lr = None if isinstance(self.lr, (bool, str, bytes)) else float(self.lr)
+        except (TypeError, ValueError, RuntimeError):
+            lr = None
+        if lr is None or not math.isfinite(lr) or lr < 0:
             raise ArgumentError(f"the inner learning rate must be a finite number >= 0, got {self.lr!r}"
                                 + (" (a string: pass a number, e.g. 0.1)" if isinstance(self.lr, str) else ""))
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "lr", lr)
         if not self.proximal >= 0:
             raise ArgumentError(f"the proximal weight must be >= 0, got {self.proximal}")
         if self.strategy not in STRATEGIES:
