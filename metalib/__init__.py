@@ -22,7 +22,7 @@ from .pretrained import load_pretrained
 from .problems import CLASSIFICATION, REGRESSION, Problem
 from .recipes import RECIPES, get_recipe
 from .tasks import EpisodeSampler, SinusoidTasks, TaskBatch, TaskSampler
-from .train import NonFiniteError, make_optimizer, meta_train
+from .train import NonFiniteError, TrainingInterrupted, make_optimizer, meta_train
 from .utils import DeviceError, resolve_device, seed_everything, setup
 
 __version__ = "0.1.0"
@@ -34,6 +34,6 @@ __all__ = [
     "confidence_interval", "evaluate", "Execution", "InnerConfig", "adapt", "forward", "forward_adapted",
     "task_losses", "record_metric", "BATCHNORM_MODE", "MLP", "Conv4", "TaskBatchedModel", "conv4", "mlp",
     "load_pretrained", "CLASSIFICATION", "REGRESSION", "Problem", "RECIPES", "get_recipe", "EpisodeSampler", "SinusoidTasks",
-    "TaskBatch", "TaskSampler", "NonFiniteError", "make_optimizer", "meta_train", "resolve_device",
+    "TaskBatch", "TaskSampler", "NonFiniteError", "TrainingInterrupted", "make_optimizer", "meta_train", "resolve_device",
     "seed_everything", "setup", "UserError", "DeviceError",
 ]

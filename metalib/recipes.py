@@ -120,7 +120,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            why="Raghu et al.'s 20-way 1-shot row: ANIL trained with Finn et al.'s 20-way MAML settings (meta-batch "
                "16, one query per class, 5 inner steps at 0.1 on the head only); 10 test steps. A step costs about "
                "0.65 s on one core of 2 (adapting only the head makes 5 inner steps nearly as cheap as one), so "
-               "6000 cosine-annealed steps fit in about 70 minutes, where Finn et al. train 60 000."),
+               "6000 cosine-annealed steps fit in about 70 minutes, where Finn et al. train 60 000. 92.80% at 20-way "
+               "1-shot after 66.5 minutes on one core (validation flat from step 4500), against 96.2 published."),
     Recipe("metasgd-omniglot-5w1s", "metasgd", ways=5, shots=1, queries=5, steps=3000, meta_batch=32, outer_lr=1e-3,
            lr_schedule="cosine", lr_min=1e-5, inner_lr=0.4, inner_steps=1, eval_steps=1,
            published={"5w1s": "99.53 +/- 0.26"},
