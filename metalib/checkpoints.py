@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .outputs import torch_save_atomic
-from .paths import process_running
+from .outputs import sweep_dead_writers, torch_save_atomic
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_same_run", "require_keys", "restore",
            "sweep_temporaries", "sweep_folder", "OutputPathError", "check_writable", "code_fingerprint", "run_dir", "load_snapshots",
@@ -86,24 +85,13 @@ def sweep_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove temporary files that :func:`save_checkpoint` left next to ``path`` when its process was killed
     (``.<name>.tmp<PID>`` whose PID no longer runs); returns what was removed. Nothing else is touched."""
     path = Path(path)
-    return _sweep(path.parent, re.compile(rf"\.{re.escape(path.name)}\.tmp(\d+)(?:-\d+)?"))
+    return sweep_dead_writers(path.parent, rf"\.{re.escape(path.name)}\.tmp(\d+)(?:-\d+)?")
 
 
 def sweep_folder(folder: str | os.PathLike) -> list[Path]:
     """:func:`sweep_temporaries` for every file of ``folder`` (e.g. the snapshots of a run): removes the
     ``.<name>.tmp<PID>`` files of processes that no longer run."""
-    folder = Path(folder)
-    return _sweep(folder, re.compile(r"\..+\.tmp(\d+)(?:-\d+)?")) if folder.is_dir() else []
-
-
-def _sweep(folder: Path, pattern: re.Pattern) -> list[Path]:
-    removed = []
-    for tmp in folder.glob(".*.tmp*"):
-        match = pattern.fullmatch(tmp.name)
-        if match and int(match.group(1)) != os.getpid() and not process_running(int(match.group(1))):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
+    return sweep_dead_writers(folder, r"\..+\.tmp(\d+)(?:-\d+)?")
 
 
 def check_same_run(checkpoint: str | os.PathLike, saved: dict | None, wanted: dict | None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import socket
 import threading
 import warnings
@@ -24,7 +25,7 @@ from typing import Mapping
 from .errors import UserError
 
 __all__ = ["OutputWriteError", "OutputInUseError", "write_atomic", "torch_save_atomic", "OutputLock",
-           "check_distinct", "temp_name", "lock_path"]
+           "check_distinct", "temp_name", "lock_path", "sweep_dead_writers"]
 
 try:
     import fcntl
@@ -44,6 +45,23 @@ def temp_name(path: Path) -> Path:
     """The temporary file :func:`write_atomic` uses for ``path``: ``.<name>.tmp<PID>-<thread>`` in the same folder
     (swept by :func:`metalib.checkpoints.sweep_temporaries` once its process is gone)."""
     return path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+
+
+def sweep_dead_writers(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """Remove the files of ``folder`` whose whole name matches ``pattern`` (a regular expression whose first group
+    is the writer's PID) and whose writer no longer runs: the temporaries a killed process left. Nothing else is
+    touched; returns what was removed."""
+    from .paths import process_running
+
+    folder, regex, removed = Path(folder), re.compile(pattern), []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        match = regex.fullmatch(p.name)
+        if match and int(match.group(1)) != os.getpid() and not process_running(int(match.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _reason(exc: OSError) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..metrics import METRICS_ENV, _format_value, load_metrics
-from ..paths import process_running
+from ..outputs import sweep_dead_writers
 from .kernels import KernelChoice, kernel_manager_class, python_literal_translator, resolve_kernel
 from .params import (NotebookFormatError, find_parameters_cell, notebook_parameters, parse_parameters,
                      profile_parameters, read_notebook)
@@ -98,15 +98,6 @@ def _mark_stopped_cell(output_path: Path, cell_index: int | None) -> None:
     nbformat.write(nb, output_path)
 
 
-def _sweep_partials(output_dir: Path, stem: str) -> None:
-    """Remove the partial notebooks that killed runs left (their process no longer runs); nothing else."""
-    pattern = re.compile(rf"\.{re.escape(stem)}\.partial(\d+)-\d+\.ipynb")
-    for p in output_dir.glob(f".{stem}.partial*.ipynb"):
-        match = pattern.fullmatch(p.name)
-        if match and int(match.group(1)) != os.getpid() and not process_running(int(match.group(1))):
-            p.unlink(missing_ok=True)
-
-
 def _publish(partial: Path, result: NotebookResult) -> None:
     """Put the executed notebook in place if papermill wrote it whole; else keep the previous one and say why."""
     if not partial.exists():
@@ -176,7 +167,7 @@ def run_notebook(path: str | Path, output_dir: str | Path, *, profile: str = "qu
     injected = bool(result.parameters)
     # papermill saves the notebook after every cell: into a partial file, which replaces the output only when whole
     partial = output_dir / f".{path.stem}.partial{os.getpid()}-{threading.get_ident()}.ipynb"
-    _sweep_partials(output_dir, path.stem)
+    sweep_dead_writers(output_dir, rf"\.{re.escape(path.stem)}\.partial(\d+)-\d+\.ipynb")  # killed runs' partials
     try:
         papermill.execute_notebook(
             str(path), str(partial), parameters=dict(result.parameters), kernel_name=kernel.name,
