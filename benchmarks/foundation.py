@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from metalib import (EpisodeSampler, SinusoidTasks, conv4, evaluate, maml, meta_train, mlp,
-                     omniglot_splits, pretrain, protonet, resolve_device)
+from metalib import EpisodeSampler, SinusoidTasks, conv4, evaluate, meta_train, mlp, omniglot_splits, resolve_device
+from metalib.algorithms import maml, pretrain, protonet
 
 
 def _save(out: Path, name: str, result: dict, history=None) -> None:

@@ -1,26 +1,38 @@
 """metalib: the small, tested library behind the metalib notebooks.
 
-Everything a notebook cell needs is importable from here::
+Everything a notebook cell needs is importable from here, one layer after another::
 
-    from metalib import omniglot_splits, EpisodeSampler, conv4, maml, meta_train, evaluate
+    from metalib import omniglot_splits, EpisodeSampler, conv4, make_learner, meta_train, evaluate
 
-Figures and widgets live in :mod:`metalib.viz` (they need the notebook extras: matplotlib, seaborn,
-ipywidgets) and load on use; ``record_metric`` (:mod:`metalib.metrics`) reports a notebook's results.
+==================  ==========================================================================================
+data and tasks      ``omniglot_splits``, ``ClassSplit``, ``EpisodeSampler``, ``SinusoidTasks``, ``TaskBatch``
+models              ``conv4``, ``mlp``
+the inner loop      ``InnerConfig``, ``adapt``, ``task_losses``, ``forward_adapted``, ``resolve_strategy``
+learners            ``make_learner(name, model, **settings)`` for every registered algorithm (``REGISTRY``)
+training            ``meta_train``, ``make_optimizer``, ``save_checkpoint``, ``load_checkpoint``, ``run_dir``
+evaluation          ``evaluate`` (mean and 95% interval), ``adaptation_curve``, ``adapted_predictions``
+the model zoo       ``load_pretrained``, ``pretrained`` (manifests, ``results()``), ``reproduce`` (retrain recipes)
+notebooks           ``setup``, ``record_metric``, ``measure``, ``viz`` (figures and widgets, loaded on use)
+==================  ==========================================================================================
+
+The single-task lessons (hyperparameters, search, learned optimisers, DARTS) are :mod:`metalib.single_task`;
+exercise checkers are :mod:`metalib.exercises`.
 """
-from . import hyper
-from .algorithms import ALGORITHMS, GradientMetaLearner, MetaLearner, ProtoNet, Reptile, anil, fomaml, \
-    make_learner, maml, metasgd, pretrain, protonet, reptile
-from .checkpoints import load_checkpoint, save_checkpoint
+from .algorithms import (REGISTRY, GradientMetaLearner, LearnerSpec, MetaLearner, Settings, learner_spec, make_learner,
+                         register, settings_for)
+from .algorithms.ridge import ridge_head
+from .checkpoints import load_checkpoint, load_snapshots, run_dir, save_checkpoint
 from .data import ClassSplit, load_omniglot, omniglot_splits
 from .evaluate import EvalResult, adaptation_curve, adapted_predictions, confidence_interval, evaluate
 from .errors import UserError
 from .execution import Execution
-from .inner import InnerConfig, adapt, forward, forward_adapted, task_losses
+from .inner import InnerConfig, adapt, forward, forward_adapted, resolve_strategy, task_losses
 from .metrics import record_metric
-from .models import BATCHNORM_MODE, MLP, Conv4, TaskBatchedModel, conv4, mlp
+from .models import TRAINING_BATCHNORM, MLP, Conv4, TaskBatchedModel, conv4, mlp
 from .pretrained import load_pretrained
 from .problems import CLASSIFICATION, REGRESSION, Problem
-from .recipes import RECIPES, get_recipe
+from .profiling import measure
+from .recipes import RECIPES, Recipe, get_recipe
 from .tasks import EpisodeSampler, SinusoidTasks, TaskBatch, TaskSampler
 from .train import NonFiniteError, TrainingInterrupted, make_optimizer, meta_train
 from .utils import DeviceError, resolve_device, seed_everything, setup
@@ -28,12 +40,25 @@ from .utils import DeviceError, resolve_device, seed_everything, setup
 __version__ = "0.1.0"
 
 __all__ = [
-    "hyper", "ALGORITHMS", "GradientMetaLearner", "MetaLearner", "ProtoNet", "Reptile", "anil", "fomaml",
-    "make_learner", "maml", "metasgd", "pretrain", "protonet", "reptile", "load_checkpoint", "save_checkpoint",
+    "REGISTRY", "GradientMetaLearner", "LearnerSpec", "MetaLearner", "Settings", "learner_spec", "make_learner",
+    "register", "settings_for", "ridge_head", "load_checkpoint", "load_snapshots", "run_dir", "save_checkpoint",
     "ClassSplit", "load_omniglot", "omniglot_splits", "EvalResult", "adaptation_curve", "adapted_predictions",
-    "confidence_interval", "evaluate", "Execution", "InnerConfig", "adapt", "forward", "forward_adapted",
-    "task_losses", "record_metric", "BATCHNORM_MODE", "MLP", "Conv4", "TaskBatchedModel", "conv4", "mlp",
-    "load_pretrained", "CLASSIFICATION", "REGRESSION", "Problem", "RECIPES", "get_recipe", "EpisodeSampler", "SinusoidTasks",
-    "TaskBatch", "TaskSampler", "NonFiniteError", "TrainingInterrupted", "make_optimizer", "meta_train", "resolve_device",
-    "seed_everything", "setup", "UserError", "DeviceError",
+    "confidence_interval", "evaluate", "UserError", "Execution", "InnerConfig", "adapt", "forward", "forward_adapted",
+    "resolve_strategy", "task_losses", "record_metric", "TRAINING_BATCHNORM", "MLP", "Conv4", "TaskBatchedModel",
+    "conv4", "mlp", "load_pretrained", "CLASSIFICATION", "REGRESSION", "Problem", "measure", "RECIPES", "Recipe",
+    "get_recipe", "EpisodeSampler", "SinusoidTasks", "TaskBatch", "TaskSampler", "NonFiniteError",
+    "TrainingInterrupted", "make_optimizer", "meta_train", "DeviceError", "resolve_device", "seed_everything", "setup",
+    "pretrained", "reproduce", "viz",
 ]
+
+
+def __getattr__(name: str):
+    """Loaded on first use: ``viz`` (needs the notebook extras), ``pretrained`` (the zoo module), ``reproduce``
+    (retrains recipes through the command line's code path)."""
+    import importlib
+    if name in ("viz", "pretrained"):
+        return importlib.import_module(f".{name}", __name__)
+    if name == "reproduce":
+        from .pretrained.export import reproduce
+        return reproduce
+    raise AttributeError(f"module 'metalib' has no attribute {name!r}")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from metalib import (EpisodeSampler, SinusoidTasks, conv4, evaluate, maml, meta_train, mlp, omniglot_splits,
-                     protonet, resolve_device)
+from metalib import (EpisodeSampler, SinusoidTasks, conv4, evaluate, make_learner, meta_train, mlp, omniglot_splits,
+                     resolve_device)
 
 
 def main(seed: int = 0, device: str = "auto") -> None:
     dev = resolve_device(device)
     print(f"device: {dev}")
-    learner = maml(mlp(seed=seed, device=dev), inner_lr=0.01, steps=1, problem="regression")
+    learner = make_learner("maml", mlp(seed=seed, device=dev), problem="regression", inner_lr=0.01, inner_steps=1)
     meta_train(learner, SinusoidTasks(shots=5, queries=10, seed=seed, device=dev), steps=2000, meta_batch=25,
                val_every=500, progress=sys.stderr.isatty())
     test = SinusoidTasks(shots=5, queries=100, seed=seed + 2, device=dev)
@@ -19,7 +19,7 @@ def main(seed: int = 0, device: str = "auto") -> None:
         print("MAML sinusoid 5-shot:", evaluate(learner, test, n_tasks=600, steps=steps, batch_size=100))
 
     splits = omniglot_splits("vinyals", splits=("train", "test"))
-    proto = protonet(conv4(0, seed=seed, device=dev))
+    proto = make_learner("protonet", conv4(0, seed=seed, device=dev))
     meta_train(proto, EpisodeSampler(splits["train"], ways=20, shots=5, queries=15, seed=seed, device=dev),
                steps=150, meta_batch=1, val_every=50, progress=sys.stderr.isatty())
     print("ProtoNet Omniglot 5-way 1-shot:",

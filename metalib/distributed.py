@@ -45,7 +45,7 @@ from .evaluate import EvalResult, evaluate
 from .execution import Execution
 from .tasks import TaskSampler
 from .train import meta_train
-from .types import Grads
+from .params import Params
 from .utils import resolve_device
 
 __all__ = ["DistContext", "init_distributed", "shutdown_distributed", "current_context", "prepare_once",
@@ -245,7 +245,7 @@ class ShardedExecution(Execution):
     def __repr__(self) -> str:
         return f"ShardedExecution(rank={self.ctx.rank}, world_size={self.ctx.world_size})"
 
-    def reduce(self, grads: Grads, metrics: dict[str, float]) -> tuple[Grads, dict[str, float]]:
+    def reduce(self, grads: Params, metrics: dict[str, float]) -> tuple[Params, dict[str, float]]:
         if not self.ctx.is_distributed:
             return grads, metrics
         keys, mkeys = sorted(grads), sorted(metrics)
@@ -256,7 +256,7 @@ class ShardedExecution(Execution):
         # metrics ride along in the widest floating buffer, so the usual case is a single all-reduce
         metric_dtype = max(by_dtype, key=lambda d: torch.finfo(d).bits) if by_dtype else torch.float64
         by_dtype.setdefault(metric_dtype, [])
-        out: Grads = {}
+        out: Params = {}
         averaged: dict[str, float] = {}
         for dtype, names in by_dtype.items():
             parts = [grads[k].detach().reshape(-1).to(comm) for k in names]

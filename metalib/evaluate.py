@@ -94,13 +94,13 @@ def adaptation_curve(learner: MetaLearner, batch: TaskBatch, steps: int | Sequen
 
 def adapted_predictions(learner, batch: TaskBatch, x: Tensor, steps: Sequence[int] = (0, 1, 10)) -> dict[int, Tensor]:
     """Outputs ``{steps: [B, P, ...]}`` on inputs ``x`` (``[P, ...]`` shared or ``[B, P, ...]``) after adapting
-    to each task of ``batch`` for each number of steps (``learner.adapt``), e.g. to draw sinusoid fits."""
+    to each task of ``batch`` for each number of steps (``learner.adapted_params``), e.g. to draw sinusoid fits."""
     x = x.to(batch.support_x.device, batch.support_x.dtype)
     if x.dim() == batch.support_x.dim() - 1:
         x = x.expand(len(batch), *x.shape)
     out = {}
     for s in steps:
-        params = learner.adapt(batch, steps=s)
+        params = learner.adapted_params(batch, steps=s)
         with torch.no_grad():
             out[int(s)] = forward_adapted(learner.model, params, x).cpu()
     return out

@@ -11,7 +11,7 @@ from typing import Sequence
 from torch import Tensor
 
 from .tasks import TaskSampler
-from .types import Grads
+from .params import Params
 
 __all__ = ["Execution", "LOCAL"]
 
@@ -30,7 +30,7 @@ class Execution:
         """This process's share of evaluation tasks ``0 .. n_tasks-1``."""
         return range(n_tasks)
 
-    def reduce(self, grads: Grads, metrics: dict[str, float]) -> tuple[Grads, dict[str, float]]:
+    def reduce(self, grads: Params, metrics: dict[str, float]) -> tuple[Params, dict[str, float]]:
         """Combine meta-gradients and metrics of all processes (their mean)."""
         return grads, metrics
 

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from .outputs import write_atomic
 
-__all__ = ["record_metric", "record_metrics", "recorded", "load_metrics", "METRICS_ENV"]
+__all__ = ["record_metric", "record_metrics", "recorded", "load_metrics", "format_value", "write_json", "METRICS_ENV"]
 
 METRICS_ENV = "METALIB_METRICS_PATH"
 
@@ -66,11 +66,12 @@ def _metric_entry(name: str, value: Any, tolerance: float | None, info: Mapping[
     return entry
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A metric value as summaries print it (floats to 6 significant digits)."""
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (a crash or a full disk never leaves half a file)."""
     write_atomic(path, json.dumps(data, indent=2) + "\n", "metrics file")
 
@@ -113,7 +114,7 @@ def _store(entries: dict[str, dict[str, Any]]) -> None:
         path = Path(target)
         metrics = load_metrics(path)
         metrics.update(entries)
-        _write_json(path, metrics)
+        write_json(path, metrics)
     _RECORDED.update(entries)  # silent: a reader sees the notebook's results, not its bookkeeping
 
 

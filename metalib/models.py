@@ -19,10 +19,11 @@ from torch import Tensor, nn
 
 from .utils import resolve_device
 
-__all__ = ["TaskBatchNorm", "Conv4", "MLP", "conv4", "mlp", "split_body_head", "BATCHNORM_MODE",
+__all__ = ["TaskBatchNorm", "Conv4", "MLP", "conv4", "mlp", "split_body_head", "TRAINING_BATCHNORM",
            "TaskBatchedModel", "BodyHeadModel"]
 
-BATCHNORM_MODE = "transductive"
+TRAINING_BATCHNORM = "transductive"  # in training, BatchNorm uses each task's own batch statistics (the evaluation
+# modes, transductive and inductive, are metalib.inner.BATCHNORM_MODES)
 
 
 @runtime_checkable

@@ -10,14 +10,24 @@ The published figures next to each recipe are those of the paper the row names (
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from .algorithms import Settings, learner_spec
+from .algorithms.gradient import MAMLSettings
+from .algorithms.mamlpp import MAMLPlusPlusSettings
+from .algorithms.reptile import ReptileSettings
+from .errors import ArgumentError
 
 __all__ = ["Recipe", "RECIPES", "get_recipe"]
+
+_NOT_OPTIONS = ("name", "algorithm", "tests", "batchnorm", "published", "why", "learner")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """One named training configuration; ``argv()`` is its ``train_cli`` command line."""
+    """One named training configuration: the task, the learner's typed settings (``learner``, the algorithm's
+    :class:`~metalib.algorithms.Settings`), the optimiser and schedule, and how it is evaluated."""
 
     name: str
     algorithm: str
@@ -32,11 +42,10 @@ class Recipe:
     lr_step_size: int = 2000
     lr_gamma: float = 0.5
     optimizer: str = "adam"
-    inner_lr: float | None = None
-    inner_steps: int | None = None
-    eval_steps: int | None = None  # test-time adaptation steps
-    inner_batches: int | None = None  # Reptile: class-balanced inner minibatches of the training support set
-    zero_head: bool = False        # every task's head starts at zero (Kao et al.'s zeroing trick)
+    learner: Settings | None = None  # the algorithm's settings (None: its defaults)
+    eval_steps: int | None = None  # test-time adaptation steps (None: the learner's training steps)
+    dataset: str = "omniglot"
+    hidden: int = 64               # conv4 channels
     train_split: str = "train"     # vinyals classes trained on: train, or trainval (the papers' 1200 characters)
     tests: tuple[tuple[int, int], ...] = ((5, 1),)  # (ways, shots) columns this model is evaluated on
     batchnorm: tuple[str, ...] = ("transductive",)  # evaluation modes (metalib.inner.inductive); Reptile reports both
@@ -48,33 +57,57 @@ class Recipe:
     published: dict[str, str] = field(default_factory=dict)
     why: str = ""
 
-    def argv(self) -> list[str]:
-        """The ``train_cli`` options this recipe sets (evaluated on its first test column)."""
+    def __post_init__(self):
+        cls = learner_spec(self.algorithm).settings
+        settings = cls.resolve({}, self.problem) if self.learner is None else self.learner
+        if not isinstance(settings, cls):
+            raise ArgumentError(f"recipe {self.name!r} trains {self.algorithm}, whose settings are {cls.__name__}, "
+                                f"but gives {type(settings).__name__}")
+        object.__setattr__(self, "learner", settings)
+        object.__setattr__(self, "tests", tuple(tuple(t) for t in self.tests))
+        object.__setattr__(self, "batchnorm", tuple(self.batchnorm))
+
+    @property
+    def problem(self) -> str:
+        """The tasks it trains on: classification (Omniglot) or regression (the sinusoids)."""
+        return "regression" if self.dataset == "sinusoid" else "classification"
+
+    def options(self) -> dict[str, Any]:
+        """The ``train_cli`` option values this recipe sets (its first test column is the evaluation's)."""
         ways, shots = self.tests[0]
-        a = ["--algorithm", self.algorithm, "--dataset", "omniglot", "--ways", str(self.ways),
-             "--shots", str(self.shots), "--queries", str(self.queries), "--steps", str(self.steps),
-             "--meta-batch", str(self.meta_batch), "--optimizer", self.optimizer, "--outer-lr", str(self.outer_lr),
-             "--lr-schedule", self.lr_schedule, "--seed", str(self.seed), "--val-every", str(self.val_every),
-             "--val-tasks", str(self.val_tasks), "--eval-ways", str(ways), "--eval-shots", str(shots),
-             "--eval-queries", str(self.eval_queries), "--snapshot-every", str(self.snapshot_every)]
-        if self.lr_schedule == "cosine":
-            a += ["--lr-min", str(self.lr_min)]
-        if self.lr_schedule == "step":
-            a += ["--lr-step-size", str(self.lr_step_size), "--lr-gamma", str(self.lr_gamma)]
-        for flag, value in (("--inner-lr", self.inner_lr), ("--inner-steps", self.inner_steps),
-                            ("--eval-steps", self.eval_steps), ("--inner-batches", self.inner_batches)):
-            if value is not None:
-                a += [flag, str(value)]
-        if self.zero_head:
-            a.append("--zero-head")
-        if self.train_split != "train":
-            a += ["--train-split", self.train_split]
-        return a
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_OPTIONS}
+        if self.lr_schedule != "cosine":  # a schedule's parameters only where it is the schedule: the others are
+            del out["lr_min"]             # the command line's defaults, as a run of the same schedule records them
+        if self.lr_schedule != "step":
+            del out["lr_step_size"], out["lr_gamma"]
+        out.update(algorithm=self.algorithm, eval_ways=ways, eval_shots=shots, **self.learner.as_dict())
+        return out
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        d["learner"] = self.learner.as_dict()
         d["tests"] = [list(t) for t in self.tests]
+        d["batchnorm"] = list(self.batchnorm)
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Recipe":
+        """The recipe a manifest records; one written before recipes held typed settings (the learner's settings
+        as fields of their own: ``inner_lr``, ``inner_steps``, ``inner_batches``, ``zero_head``) is migrated."""
+        d = dict(d)
+        if "learner" not in d:  # the flat format: settings that were left unset were None
+            own = learner_spec(d["algorithm"]).settings.options()
+            d["learner"] = {k: d.pop(k) for k in list(d) if k in own and d[k] is not None}
+            for k in ("inner_lr", "inner_steps", "inner_batches", "zero_head"):
+                d.pop(k, None)
+        problem = "regression" if d.get("dataset") == "sinusoid" else "classification"
+        settings_cls = learner_spec(d["algorithm"]).settings
+        unknown = [k for k in d if k not in {f.name for f in fields(cls)}]
+        if unknown:
+            raise ArgumentError(f"recipe {d.get('name')!r} has fields this metalib does not know: {unknown}")
+        d["learner"] = settings_cls.resolve(d["learner"], problem)
+        d["tests"] = tuple(tuple(t) for t in d.get("tests", ((5, 1),)))
+        return cls(**d)
 
 
 _MAML_PAPER = {"5w1s": "98.7 +/- 0.4", "5w5s": "99.9 +/- 0.1", "20w1s": "95.8 +/- 0.3", "20w5s": "98.9 +/- 0.2"}
@@ -82,40 +115,46 @@ _PROTO_PAPER = {"5w1s": "98.8", "5w5s": "99.7", "20w1s": "96.0", "20w5s": "98.9"
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("maml-omniglot-5w1s", "maml", ways=5, shots=1, queries=5, steps=8000, meta_batch=32, outer_lr=1e-3,
-           lr_schedule="cosine", lr_min=1e-5, inner_lr=0.4, inner_steps=1, eval_steps=3,
+           lr_schedule="cosine", lr_min=1e-5, eval_steps=3,
+           learner=MAMLSettings(inner_lr=0.4, inner_steps=1),
            published={"5w1s": _MAML_PAPER["5w1s"]},
            why="Finn et al.'s Omniglot settings (meta-batch 32, one inner step at 0.4, 3 test steps) with 5 "
                "training queries per class (2.2x faster steps than 15 on 2 CPU cores) and a cosine-annealed "
                "outer learning rate, so that 8000 steps fit in about two hours."),
     Recipe("maml-omniglot-5w5s", "maml", ways=5, shots=5, queries=5, steps=2500, meta_batch=16, outer_lr=1e-3,
-           lr_schedule="cosine", lr_min=1e-5, inner_lr=0.4, inner_steps=1, eval_steps=3, tests=((5, 5),),
+           lr_schedule="cosine", lr_min=1e-5, eval_steps=3, tests=((5, 5),),
+           learner=MAMLSettings(inner_lr=0.4, inner_steps=1),
            published={"5w5s": _MAML_PAPER["5w5s"]},
            why="The 5-way 1-shot MAML recipe with 5 shots (5 queries per class, as Finn et al.'s code draws K "
                "support and K query images per class) and meta-batch 16 instead of 32: a 5-shot step costs 2.5x "
                "a 1-shot one on 2 CPU cores (3.9 against 1.6 s at meta-batch 32), so halving the meta-batch "
                "buys twice the outer steps; 2500 cosine-annealed steps, about 1.5 hours on 2 cores."),
     Recipe("maml-omniglot-20w1s", "maml", ways=20, shots=1, queries=1, steps=3500, meta_batch=16, outer_lr=1e-3,
-           lr_schedule="cosine", lr_min=1e-5, inner_lr=0.4, inner_steps=1, eval_steps=3, tests=((20, 1),),
+           lr_schedule="cosine", lr_min=1e-5, eval_steps=3, tests=((20, 1),),
+           learner=MAMLSettings(inner_lr=0.4, inner_steps=1),
            published={"20w1s": _MAML_PAPER["20w1s"]},
            why="20-way 1-shot MAML with Finn et al.'s 20-way meta-batch of 16 and their one query per class, but "
                "the 5-way inner loop (one step at 0.4 instead of their 5 steps at 0.1, a fifth of the cost) and "
                "3 test steps: a step costs 1.5 s on 2 CPU cores (2.5 s with 5 queries), so 3500 "
                "cosine-annealed steps fit in about 1.5 hours, where Finn et al. train 60 000."),
     Recipe("fomaml-omniglot-5w1s", "fomaml", ways=5, shots=1, queries=5, steps=2500, meta_batch=32, outer_lr=1e-3,
-           lr_schedule="cosine", lr_min=1e-5, inner_lr=0.1, inner_steps=5, eval_steps=10,
+           lr_schedule="cosine", lr_min=1e-5, eval_steps=10,
+           learner=MAMLSettings(inner_lr=0.1, inner_steps=5),
            published={"5w1s": "98.3 +/- 0.5"},
            why="First-order MAML (Finn et al.'s first-order row) with 5 inner steps at 0.1 instead of MAML's one step "
                "at 0.4: with one step the first-order meta-gradient learned slowly here (89% after 5000 steps; "
                "validation 79% after 500, where 5 steps at 0.1 reached 93%). Otherwise MAML's recipe; 10 test "
                "steps at 0.1; 2500 cosine-annealed steps: 74 minutes on 2 cores (3.3 CPU-seconds per step)."),
     Recipe("anil-omniglot-5w1s", "anil", ways=5, shots=1, queries=5, steps=4000, meta_batch=32, outer_lr=1e-3,
-           lr_schedule="cosine", lr_min=1e-5, inner_lr=0.4, inner_steps=1, eval_steps=3,
+           lr_schedule="cosine", lr_min=1e-5, eval_steps=3,
+           learner=MAMLSettings(inner_lr=0.4, inner_steps=1),
            published={},
            why="Raghu et al. train ANIL with MAML's settings and adapt only the classifier head; they report "
                "20-way figures only (96.2 / 98.0), so the 5-way 1-shot row has no published figure. 4000 "
                "cosine-annealed steps, about 80 minutes on one core of 2 (1.2 s per step)."),
     Recipe("anil-omniglot-20w1s", "anil", ways=20, shots=1, queries=1, steps=6000, meta_batch=16, outer_lr=1e-3,
-           lr_schedule="cosine", lr_min=1e-5, inner_lr=0.1, inner_steps=5, eval_steps=10, tests=((20, 1),),
+           lr_schedule="cosine", lr_min=1e-5, eval_steps=10, tests=((20, 1),),
+           learner=MAMLSettings(inner_lr=0.1, inner_steps=5),
            published={"20w1s": "96.2 +/- 0.5"},
            why="Raghu et al.'s 20-way 1-shot row: ANIL trained with Finn et al.'s 20-way MAML settings (meta-batch "
                "16, one query per class, 5 inner steps at 0.1 on the head only); 10 test steps. A step costs about "
@@ -123,7 +162,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                "6000 cosine-annealed steps fit in about 70 minutes, where Finn et al. train 60 000. 92.80% at 20-way "
                "1-shot after 66.5 minutes on one core (validation flat from step 4500), against 96.2 published."),
     Recipe("mamlpp-omniglot-5w1s", "mamlpp", ways=5, shots=1, queries=5, steps=3600, meta_batch=8, outer_lr=1e-3,
-           lr_schedule="cosine", lr_min=1e-5, inner_lr=0.1, inner_steps=5, eval_steps=5,
+           lr_schedule="cosine", lr_min=1e-5, eval_steps=5,
+           learner=MAMLPlusPlusSettings(inner_lr=0.1, inner_steps=5),
            published={"5w1s": "99.47"},
            why="Antoniou et al.'s MAML++ as their paper trains it: 5 inner steps whose per-step, per-layer rates start at "
                "0.1, per-step BatchNorm weights, the multi-step loss annealed over the first 1/15 of the run, "
@@ -132,14 +172,16 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                "paper: 150 epochs of 500) so that the run fits about 100 minutes on one core of 2 (1.2 s per "
                "first-order step, about 1.9 s per second-order one)."),
     Recipe("metasgd-omniglot-5w1s", "metasgd", ways=5, shots=1, queries=5, steps=3000, meta_batch=32, outer_lr=1e-3,
-           lr_schedule="cosine", lr_min=1e-5, inner_lr=0.4, inner_steps=1, eval_steps=1,
+           lr_schedule="cosine", lr_min=1e-5, eval_steps=1,
+           learner=MAMLSettings(inner_lr=0.4, inner_steps=1),
            published={"5w1s": "99.53 +/- 0.26"},
            why="The MAML recipe with a learned inner learning rate per weight (Li et al. adapt with one step, at "
                "training and at test); the rates start at MAML's 0.4. 3000 cosine-annealed steps: 100 minutes "
                "on one core of 2 with another run on the other core (about 2 s per step)."),
     Recipe("reptile-omniglot-5w1s", "reptile", ways=5, shots=5, queries=1, steps=7000, meta_batch=10, outer_lr=1e-3,
-           lr_schedule="cosine", lr_min=0.0, inner_lr=0.4, inner_steps=5, inner_batches=5, eval_steps=10,
+           lr_schedule="cosine", lr_min=0.0, eval_steps=10,
            batchnorm=("transductive", "inductive"),
+           learner=ReptileSettings(inner_lr=0.4, inner_steps=5, inner_batches=5),
            published={"5w1s": "97.68 +/- 0.04", "5w1s inductive": "95.39 +/- 0.09"},
            why="Nichol et al.'s Omniglot recipe shape (more training shots than test shots, 5 inner steps on "
                "different minibatches, a small meta-batch, the outer step annealed to 0) cut to fit about an hour "

@@ -28,7 +28,7 @@ from .outputs import OutputInUseError, OutputLock
 from .evaluate import evaluate
 from .execution import LOCAL, Execution
 from .tasks import TaskBatch, check_count
-from .types import Grads
+from .params import Params
 
 __all__ = ["meta_train", "make_optimizer", "NonFiniteError", "TrainingInterrupted"]
 
@@ -86,7 +86,7 @@ def make_optimizer(learner: MetaLearner, name: str | None = None, lr: float | No
     return learner.default_optimizer(name, lr)
 
 
-def _check_finite(step: int, metrics: dict[str, float], grads: Grads) -> None:
+def _check_finite(step: int, metrics: dict[str, float], grads: Params) -> None:
     flags = torch.stack([torch.isfinite(g).all() for g in grads.values()])
     loss = metrics.get("loss")
     loss_ok = loss is None or math.isfinite(loss)
@@ -264,10 +264,14 @@ def _lock(held: ExitStack, checkpoint: str | os.PathLike, execution: Execution) 
         sweep_folder(snapshot_dir(checkpoint))
 
 
+_RENAMED = {"maml++": "mamlpp"}  # learner names recorded by earlier versions: the same learner
+
+
 def _common(saved: dict | None, now: dict) -> tuple[dict | None, dict]:
     """The recorded and the current learner settings, on the keys both have (a key added to or dropped from
     ``describe()`` since the checkpoint was written is a change of code, not of the run)."""
     if saved is None:
         return None, now
+    saved = {k: _RENAMED.get(v, v) if k == "algorithm" else v for k, v in saved.items()}
     keys = set(saved) & set(now)
     return {k: saved[k] for k in keys}, {k: now[k] for k in keys}

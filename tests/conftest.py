@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+
+from launch import WORKER, show, torchrun
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,3 +150,98 @@ def tiny_disk(tmp_path):
         yield disk
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# ------------------------------------------------------------------ fixtures of single test modules
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> tuple[str, bytes]:
+    """A file:// URL and the bytes it serves."""
+    payload = bytes(range(256)) * 1000
+    src = tmp_path / "server" / "payload.bin"
+    src.parent.mkdir()
+    src.write_bytes(payload)
+    return src.as_uri(), payload
+
+
+@pytest.fixture
+def fake_counts(monkeypatch):
+    """Make the loader expect the synthetic set's counts instead of 964 + 659 characters."""
+    import metalib.data.omniglot as om
+
+    monkeypatch.setattr(om, "_EXPECTED", {"background": (2, 3), "evaluation": (1, 2)})
+    monkeypatch.delenv("METALIB_DATA_DIR", raising=False)
+
+
+@pytest.fixture
+def own_zoo(tmp_path, monkeypatch):
+    """A copy of two shipped models in a zoo folder of the test's own."""
+    import metalib.pretrained as zoo
+
+    for name in ("maml-omniglot-5w1s", "fomaml-omniglot-5w1s"):
+        for ext in (".pt", ".json"):
+            shutil.copy(zoo.ZOO / f"{name}{ext}", tmp_path / f"{name}{ext}")
+    monkeypatch.setattr(zoo, "ZOO", tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def close_figures(monkeypatch):
+    """Figures closed after each test; the widgets' figure-mode rule at its default, whatever the shell says."""
+    from metalib.viz import widgets
+    import matplotlib.pyplot as plt
+
+    monkeypatch.delenv(widgets.STATIC_ENV, raising=False)
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def sinusoid_learners():
+    """A MAML and a pre-trained learner on the sinusoid MLP (untrained)."""
+    from metalib.algorithms import maml, pretrain
+    from metalib.models import mlp
+
+    return {"MAML": maml(mlp(seed=0), inner_lr=0.01, problem="regression"),
+            "pretrained": pretrain(mlp(seed=1), problem="regression")}
+
+
+class DisplayLog:
+    """Stands in for IPython's ``display``: counts the figures displayed."""
+
+    def __init__(self):
+        self.figures = []
+
+    def __call__(self, obj, **_):
+        self.figures.append(obj)
+
+
+@pytest.fixture
+def displays(monkeypatch):
+    """Stands in for the widgets' ``display``; the log of what they displayed."""
+    from metalib.viz import widgets
+
+    log = DisplayLog()
+    monkeypatch.setattr(widgets, "display", log)
+    return log
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory) -> dict:
+    """Every registered learner trained and evaluated by a 2-rank torchrun job (tests/test_distributed.py is the
+    worker); each rank's results, checked to agree bitwise between the ranks."""
+    import torch
+
+    from metalib import REGISTRY
+    CASES = sorted(REGISTRY)
+    out = tmp_path_factory.mktemp("dist_equivalence")
+    proc, seconds = torchrun([str(WORKER), "equivalence", str(out)])
+    assert proc.returncode == 0, show(proc)
+    print(f"\n2-rank torchrun of {len(CASES)} algorithms: {seconds:.1f} s")
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for name in CASES:  # every rank applied the same update: bitwise identical meta-parameters
+        for k, v in ranks[0][name]["state"].items():
+            assert torch.equal(v, ranks[1][name]["state"][k]), f"{name}: ranks disagree on {k}"
+    assert ranks[0]["time_budget_stop"] == ranks[1]["time_budget_stop"] == 1
+    return ranks[0]

@@ -81,7 +81,8 @@ def test_attention_learner_is_invariant_to_the_support_order_equivariant_in_quer
 
 
 def test_train_cli_builds_the_black_box_learners():
-    from metalib.train_cli import build_learner, parse_args
+    from metalib.train_cli import parse_args
+    from metalib.training_run import build_learner
 
     _, a = parse_args(["--algorithm", "cnp", "--dataset", "sinusoid", "--shots", "10"])
     assert build_learner(a, torch.device("cpu")).name == "cnp"

@@ -11,7 +11,8 @@ import time
 import pytest
 import torch
 
-from metalib import SinusoidTasks, maml, meta_train, mlp
+from metalib import SinusoidTasks, meta_train, mlp
+from metalib.algorithms import maml
 from metalib.outputs import OutputWriteError
 from metalib.checkpoints import (CheckpointError, OutputPathError, check_writable, load_checkpoint, save_checkpoint,
                                  sweep_temporaries)
@@ -129,7 +130,8 @@ def test_the_cli_refuses_to_resume_a_different_run_in_one_line(tmp_path, capsys,
 
 KILLED_RUN = textwrap.dedent("""
     import sys, torch
-    from metalib import SinusoidTasks, maml, meta_train, mlp
+    from metalib import SinusoidTasks, meta_train, mlp
+    from metalib.algorithms import maml
     torch.set_num_threads(1)
     learner = maml(mlp((1, 64, 64, 1), seed=0), inner_lr=0.01, problem="regression")
     meta_train(learner, SinusoidTasks(5, seed=0), steps=int(sys.argv[2]), meta_batch=4, checkpoint=sys.argv[1],

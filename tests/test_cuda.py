@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metalib import EpisodeSampler, conv4, evaluate, maml, meta_train, protonet
+from metalib import EpisodeSampler, conv4, evaluate, meta_train
+from metalib.algorithms import maml, protonet
 from metalib.inner import resolve_strategy
 
 pytestmark = [pytest.mark.cuda,

@@ -1,4 +1,4 @@
-"""metalib.darts: mixed ops, the (second-order) architecture gradient, derivation, search and random search."""
+"""metalib.single_task.darts: mixed ops, the (second-order) architecture gradient, derivation, search and random search."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from metalib.darts import (OPS, MixedOp, Network, SearchSpace, architecture_gradient, darts_search, derive,
+from metalib.single_task.darts import (OPS, MixedOp, Network, SearchSpace, architecture_gradient, darts_search, derive,
                            mixture_table, network_scores, random_architecture_search, train_network)
 from metalib.errors import ArgumentError
 
@@ -45,7 +45,7 @@ def test_mixture_weights_sum_to_one_and_mixed_op_is_weighted_sum():
 
 
 def _unrolled_val(model, w, alpha, tr, val, xi, create_graph):
-    """L_val(w - xi grad_w L_train(w, alpha), alpha), written out independently of metalib.darts."""
+    """L_val(w - xi grad_w L_train(w, alpha), alpha), written out independently of metalib.single_task.darts."""
     with torch.enable_grad():
         w = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in w.items()}
         loss = F.cross_entropy(functional_call(model, {**w, "alphas": alpha}, (tr[0],)), tr[1])

@@ -53,15 +53,6 @@ def files_in(folder: Path) -> list[Path]:
 # ----------------------------------------------------------------------- downloads
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> tuple[str, bytes]:
-    """A file:// URL and the bytes it serves."""
-    payload = bytes(range(256)) * 1000
-    src = tmp_path / "server" / "payload.bin"
-    src.parent.mkdir()
-    src.write_bytes(payload)
-    return src.as_uri(), payload
-
 
 def test_download_verifies_and_writes_atomically(tmp_path, served):
     url, payload = served
@@ -200,12 +191,6 @@ FAKE = {
 }
 FAKE_NAMES = ["Alpha/character01", "Alpha/character02", "Beta/character01", "Gamma/character01", "Gamma/character02"]
 
-
-@pytest.fixture
-def fake_counts(monkeypatch):
-    """Make the loader expect the synthetic set's counts instead of 964 + 659 characters."""
-    monkeypatch.setattr(om, "_EXPECTED", {"background": (2, 3), "evaluation": (1, 2)})
-    monkeypatch.delenv("METALIB_DATA_DIR", raising=False)
 
 
 def fake_png(char: int, drawing: int) -> bytes:

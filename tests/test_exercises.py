@@ -45,3 +45,35 @@ def test_notebook_ends_with_open_checkable_exercises(path: Path):
         if c.cell_type == "code" and "check(" in c.source:
             assert re.search(r"^\w+ = None\b", c.source, re.M), \
                 f"{path.name}: an exercise cell must be committed unanswered (`answer = None`):\n{c.source}"
+
+
+def test_exercise_tests_take_the_notebooks_objects_as_arguments():
+    """The tests live in metalib.exercises.notebookNN and get what they need by keyword: they can be run outside
+    the notebook, on objects built here."""
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+
+    from metalib.exercises import notebook00, notebook05, notebook06, notebook07
+    from metalib.models import conv4
+    from reference import omniglot_like_batch
+
+    assert check("00.1", "mfltl", notebook00.verify_00_1, quiet=True) and not check("00.1", "MMMMM", notebook00.verify_00_1, quiet=True)
+    assert check("05.2", "b, f", notebook05.verify_05_2, quiet=True) and not check("05.2", "ab", notebook05.verify_05_2, quiet=True)
+
+    def grouped(x, w, b):  # [B, n, C, H, W] -> [B, n, O, H, W] in one grouped convolution
+        B, n, C, H, W = x.shape
+        out = F.conv2d(x.permute(1, 0, 2, 3, 4).reshape(n, B * C, H, W), w.reshape(-1, C, 3, 3), b.reshape(-1),
+                       padding=1, groups=B)
+        return out.view(n, B, -1, H, W).permute(1, 0, 2, 3, 4)
+    assert check("06.2", grouped, notebook06.verify_06_2, quiet=True)
+    assert not check("06.2", lambda x, w, b: torch.zeros(1), notebook06.verify_06_2, quiet=True)
+    engines = {("conv4", "cpu"): "threads", ("conv4", "cuda"): "batched", ("mlp", "cpu"): "loop",
+               ("plain", "cpu"): "loop", ("plain", "cuda"): "vmap"}
+    assert check("06.1", engines, notebook06.verify_06_1, quiet=True).status in ("correct", "wrong")
+    model, batch = conv4(5, hidden=4), omniglot_like_batch(tasks=3)
+    assert check("06.3", (3 * 3 * 4, 3 * 4), notebook06.verify_06_3, model=model, batch=batch, quiet=True)
+    assert not check("06.3", (1, 1), notebook06.verify_06_3, model=model, batch=batch, quiet=True)
+    memory = pd.DataFrame({"inner steps": [1, 1, 4, 4], "method": ["MAML", "iMAML"] * 2, "graph MiB": [3, 2, 9, 3]})
+    assert check("07.2", 4, notebook07.verify_07_2, memory=memory, quiet=True)
+    assert not check("07.2", 1, notebook07.verify_07_2, memory=memory, quiet=True)

@@ -1,4 +1,4 @@
-"""metalib.hyper: unrolled hypergradients, hypergradient descent, grid and random search."""
+"""metalib.single_task.hyper: unrolled hypergradients, hypergradient descent, grid and random search."""
 from __future__ import annotations
 
 import math
@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from metalib import mlp
-from metalib.hyper import (hyper_values, hypergradient, hypergradient_descent, loss_on, make_hyper, meta_fit, train,
+from metalib.single_task.hyper import (hyper_values, hypergradient, hypergradient_descent, loss_on, make_hyper, meta_fit, train,
                            unrolled_train)
-from metalib.search import grid_search, random_search
+from metalib.single_task.search import grid_search, random_search
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

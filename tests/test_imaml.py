@@ -61,7 +61,7 @@ def test_implicit_gradient_approaches_maml_through_the_solved_proximal_inner_loo
     gaps = []
     for steps in (5, 400):  # MAML differentiating through `steps` steps of the same regularised inner loop
         unrolled = maml(mlp((D, 1), seed=1).double(), inner_lr=0.05, steps=steps, problem="regression")
-        unrolled.inner = InnerConfig(steps, 0.05, False, None, "auto", REGRESSION, LAM)
+        unrolled.inner = InnerConfig(steps=steps, lr=0.05, problem=REGRESSION, proximal=LAM)
         g = unrolled.meta_gradient(batch)[0]
         gaps.append(max((g[k] - implicit[k]).abs().max().item() for k in implicit))
     assert gaps[1] < 1e-8 < gaps[0]
@@ -88,8 +88,8 @@ def test_batched_cg_solves_each_task_and_the_proximal_term_pulls_towards_the_sta
     torch.testing.assert_close(x["w"], torch.linalg.solve(a, b["w"]), rtol=1e-9, atol=1e-10)
     batch = _linear_tasks()
     theta = {k: v.detach() for k, v in mlp((D, 1), seed=0).double().named_parameters()}
-    far = adapt(mlp((D, 1)).double(), theta, batch, InnerConfig(200, 0.05, True, None, "auto", REGRESSION, 0.0))
-    near = adapt(mlp((D, 1)).double(), theta, batch, InnerConfig(200, 0.05, True, None, "auto", REGRESSION, 10.0))  # lr * lam < 2: stable
+    far = adapt(mlp((D, 1)).double(), theta, batch, InnerConfig(steps=200, lr=0.05, first_order=True, problem=REGRESSION))
+    near = adapt(mlp((D, 1)).double(), theta, batch, InnerConfig(steps=200, lr=0.05, first_order=True, problem=REGRESSION, proximal=10.0))  # lr * lam < 2: stable
     dist = lambda p: sum((p[k] - theta[k]).pow(2).sum() for k in p).item()  # noqa: E731
     assert dist(near) < 0.1 * dist(far)
     with pytest.raises(ArgumentError, match="proximal"):
@@ -99,7 +99,8 @@ def test_batched_cg_solves_each_task_and_the_proximal_term_pulls_towards_the_sta
 
 
 def test_train_cli_builds_imaml_with_its_settings():
-    from metalib.train_cli import build_learner, parse_args, run_settings
+    from metalib.train_cli import parse_args
+    from metalib.training_run import build_learner, run_settings
 
     _, a = parse_args(["--algorithm", "imaml", "--proximal", "0.5", "--cg-steps", "3", "--inner-steps", "4"])
     learner = build_learner(a, torch.device("cpu"))

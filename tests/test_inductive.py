@@ -17,7 +17,7 @@ from metalib.inner import forward_adapted, forward_inductive, per_query, single_
 from metalib.models import conv4, mlp
 from metalib.tasks import TaskBatch
 
-from test_inner import omniglot_like_batch, sine_batch
+from reference import omniglot_like_batch, sine_batch
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("float64_default")
 def test_inductive_forward_equals_a_loop_over_support_plus_one_query(rows):
     model = conv4(5, hidden=8, seed=0).double()
     batch = omniglot_like_batch(tasks=3, queries=2)
-    adapted = maml(model, steps=1).adapt(batch)  # per-task parameters [B, ...]
+    adapted = maml(model, steps=1).adapted_params(batch)  # per-task parameters [B, ...]
     got = forward_inductive(model, adapted, batch.support_x, batch.query_x, rows=rows)
     for b in range(3):
         for j in range(batch.query_x.shape[1]):
@@ -94,7 +94,7 @@ def test_every_family_evaluates_in_both_modes_and_records_it(name):
         if name in ("protonet", "r2d2"):
             out = per_query(learner.logits, batch)
         else:
-            adapted = learner.adapt(batch) if name != "reptile" else \
+            adapted = learner.adapted_params(batch) if name != "reptile" else \
                 __import__("metalib").inner.adapt(model, dict(model.named_parameters()), batch, learner.inner)
             out = forward_inductive(model, adapted, batch.support_x, batch.query_x)
     expected = (out.argmax(-1) == batch.query_y).double().mean(1)

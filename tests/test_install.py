@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent('''
     import sys
     import torch
-    from metalib import (EpisodeSampler, conv4, evaluate, maml, make_optimizer, meta_train, omniglot_splits,
+    from metalib import (EpisodeSampler, conv4, evaluate, make_learner, make_optimizer, meta_train, omniglot_splits,
                          pretrained, setup)
 
     device = setup(seed=0, device="cpu", cpu_threads=1)
@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent('''
 
     train_sampler = EpisodeSampler(splits["train"], 5, 1, 1, seed=0, device=device)   # notebook 04
     test_sampler = EpisodeSampler(splits["test"], 5, 1, 5, seed=1, device=device)
-    learner = maml(conv4(5, hidden=16, seed=0, device=device), inner_lr=0.4, steps=1)
+    learner = make_learner("maml", conv4(5, hidden=16, seed=0, device=device), inner_lr=0.4, inner_steps=1)
     history = meta_train(learner, train_sampler, steps=5, meta_batch=4, optimizer=make_optimizer(learner, lr=1e-3),
                          progress=False, checkpoint="runs/maml.pt")
     result = evaluate(learner, test_sampler, n_tasks=20, steps=3)

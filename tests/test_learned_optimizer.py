@@ -1,12 +1,12 @@
-"""metalib.learned_optimizer: exact meta-gradients, the SGD special case, meta-training, coordinatewise structure."""
+"""metalib.single_task.learned_optimizer: exact meta-gradients, the SGD special case, meta-training, coordinatewise structure."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from metalib.errors import ArgumentError
-from metalib.hyper import train
-from metalib.learned_optimizer import (LearnedOptimizer, OptState, meta_train_optimizer, regression_family,
+from metalib.single_task.hyper import train
+from metalib.single_task.learned_optimizer import (LearnedOptimizer, OptState, meta_train_optimizer, regression_family,
                                        run_optimizer, unroll)
 
 

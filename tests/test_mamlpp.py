@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 
 from metalib.algorithms import maml, mamlpp, protomaml
 from metalib.algorithms.mamlpp import msl_weights
 from metalib.errors import ArgumentError
 from metalib.models import conv4
+from reference import flat, meta_gradient_gap, naive_mamlpp_gradient, naive_protomaml_gradient, omniglot_like_batch
 
-from test_inner import flat, meta_gradient_gap, omniglot_like_batch
 
 STRATEGIES = ["batched", "vmap", "loop", "threads"]
 
@@ -42,31 +40,6 @@ def randomised_mamlpp(strategy: str, steps: int = 2):
     cfg = learner.training_config(0)
     assert cfg.step_weights == msl_weights(steps, 0.0) and not cfg.first_order
     return learner
-
-
-def naive_mamlpp_gradient(learner, batch, weights):
-    """Per task: SGD steps with rate ``lrs[name][step]`` and BatchNorm values ``step_params[name][step]`` (``[steps,
-    C]``: one set per step), the query loss after every step weighted by ``weights``; autograd through all of it."""
-    model, steps = learner.model, learner.inner.steps
-    lrs = learner.lrs()
-    per_step = {k.replace("__", "."): v for k, v in learner.step_params.items()}
-    own = {k: v for k, v in model.named_parameters() if k not in per_step}
-    meta = learner.meta_parameters()
-    total = 0.0
-    for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
-        fast = dict(own)
-
-        def at(i):
-            return {**fast, **{k: v[i] for k, v in per_step.items()}}
-        for i in range(steps):
-            loss = F.cross_entropy(functional_call(model, at(i), (sx,)), sy)
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
-            fast = {k: w - lrs[k][i] * g for (k, w), g in zip(fast.items(), grads)}
-            # the query pass after step i uses step i's BatchNorm set, as the reference implementation
-            # (HowToTrainYourMAMLPytorch: net_forward(..., num_step=num_step) for support and target alike)
-            total = total + weights[i] * F.cross_entropy(functional_call(model, at(i), (qx,)), qy)
-    grads = torch.autograd.grad(total / len(batch.support_x), list(meta.values()), allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(meta.values(), grads)]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -152,24 +125,6 @@ def test_mamlpp_rejects_what_it_cannot_do():
     mamlpp(mlp(seed=0), per_step_bn=False, problem="regression")  # the other options need no BatchNorm
 
 
-def naive_protomaml_gradient(model, batch, steps, lr, first_order=False):
-    params = dict(model.named_parameters())
-    body = {k: v for k, v in params.items() if not k.startswith("head.")}
-    total = 0.0
-    for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
-        z = functional_call(model.features, {k[len("features."):]: v for k, v in body.items()}, (sx,))
-        protos = torch.stack([z[sy == c].mean(0) for c in range(5)])
-        start = {**body, "head.weight": 2 * protos, "head.bias": -(protos ** 2).sum(-1)}
-        fast = {k: v.view_as(v) for k, v in start.items()}  # inner gradients are partial: one variable each
-        for _ in range(steps):
-            loss = F.cross_entropy(functional_call(model, fast, (sx,)), sy)
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
-            fast = {k: w - lr * g for (k, w), g in zip(fast.items(), grads)}
-        total = total + F.cross_entropy(functional_call(model, fast, (qx,)), qy)
-    grads = torch.autograd.grad(total / len(batch.support_x), list(params.values()), allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
-
-
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_protomaml_meta_gradient_equals_a_naive_loop(strategy, first_order):
@@ -185,7 +140,7 @@ def test_protomaml_starts_as_the_protonet_of_the_support_set():
     model = conv4(5, hidden=8, seed=3).double()
     learner = protomaml(model, steps=0, strategy="loop")
     batch = omniglot_like_batch(tasks=2, shots=3, queries=2)
-    params = learner.adapt(batch, steps=0)
+    params = learner.adapted_params(batch, steps=0)
     for i in range(2):
         zs = model.features(batch.support_x[i])
         zq = model.features(batch.query_x[i])
@@ -196,10 +151,11 @@ def test_protomaml_starts_as_the_protonet_of_the_support_set():
 
 
 def test_train_cli_builds_mamlpp_and_protomaml_with_their_settings():
-    from metalib.train_cli import build_learner, parse_args, run_settings
+    from metalib.train_cli import parse_args
+    from metalib.training_run import build_learner, run_settings
     _, a = parse_args(["--algorithm", "mamlpp", "--inner-steps", "3", "--msl-steps", "50", "--first-order-steps", "20"])
     learner = build_learner(a, torch.device("cpu"))
-    assert (learner.name, learner.inner.steps, learner.msl_steps, learner.first_order_steps) == ("maml++", 3, 50, 20)
+    assert (learner.name, learner.inner.steps, learner.msl_steps, learner.first_order_steps) == ("mamlpp", 3, 50, 20)
     assert run_settings(a)["msl_steps"] == 50 and "msl_steps" not in run_settings(parse_args([])[1])
     _, a = parse_args(["--algorithm", "protomaml"])
     assert build_learner(a, torch.device("cpu")).inner.head_init == "prototypes"

@@ -1,9 +1,11 @@
 """Every shipped model re-evaluated against its manifest; the zoo's size and completeness."""
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +13,11 @@ import torch
 from metalib.data import omniglot_splits
 from metalib.evaluate import evaluate
 import metalib.pretrained as zoo
-from metalib.pretrained import ZOO, ZooError, available, file_sha256, load_pretrained, manifest
+from metalib.algorithms.reptile import ReptileSettings
+from metalib.pretrained import (ZOO, ZooError, available, file_sha256, load_pretrained, manifest, manifest_recipe,
+                                migrate_manifest)
 from metalib.pretrained.export import zoo_test_sampler
-from metalib.recipes import RECIPES
+from metalib.recipes import RECIPES, Recipe
 
 MODELS = available()
 
@@ -25,22 +29,13 @@ def test_zoo_is_small_and_every_model_has_a_manifest():
     assert sum(p.stat().st_size for p in ZOO.iterdir() if p.is_file()) < 10 * 2**20
     for name in MODELS:
         info = manifest(name)
-        assert info["recipe"]["name"] in RECIPES and info["argv"] == ["--recipe", name]
+        assert info["recipe"]["name"] == name in RECIPES and "argv" not in info
         for key in ("command", "git_commit", "machine", "torch", "wall_clock_s", "steps", "history", "curve"):
             assert info.get(key) is not None, f"{name}: manifest lacks {key}"
         for e in info["evaluation"]:
             assert e["n_tasks"] == 600 and 0 < e["ci95"] < 0.05 and e["batchnorm"]
         assert info["sha256"] == file_sha256(ZOO / f"{name}.pt"), f"{name}.pt is not the file its manifest describes"
 
-
-@pytest.fixture
-def own_zoo(tmp_path, monkeypatch):
-    """A copy of two shipped models in a zoo folder of the test's own."""
-    for name in ("maml-omniglot-5w1s", "fomaml-omniglot-5w1s"):
-        for ext in (".pt", ".json"):
-            shutil.copy(ZOO / f"{name}{ext}", tmp_path / f"{name}{ext}")
-    monkeypatch.setattr(zoo, "ZOO", tmp_path)
-    return tmp_path
 
 
 @pytest.mark.parametrize("content", [
@@ -67,8 +62,8 @@ def test_a_model_file_that_is_not_the_manifests_is_refused_in_one_line(own_zoo, 
 @pytest.mark.parametrize("damage, expected", [
     (lambda text: text[:500], "is damaged"),
     (lambda text: "[1, 2]", "holds a list, not a manifest"),
-    (lambda text: text.replace('"argv"', '"argv_gone"'), "lacks argv"),
-    (lambda text: text.replace('"--recipe",', '"--no-such-option",'), "records settings this metalib cannot build"),
+    (lambda text: text.replace('"sha256"', '"sha256_gone"'), "lacks sha256"),
+    (lambda text: text.replace('"learner": {', '"learner": {"no_such_setting": 1, ', 1), "records a recipe this metalib cannot read"),
 ])
 def test_a_damaged_manifest_is_named_in_one_line_and_does_not_hide_the_others(own_zoo, damage, expected, capsys):
     path = own_zoo / "fomaml-omniglot-5w1s.json"
@@ -77,7 +72,7 @@ def test_a_damaged_manifest_is_named_in_one_line_and_does_not_hide_the_others(ow
         load_pretrained("fomaml-omniglot-5w1s")
     assert str(err.value).startswith(f"manifest {path}") and expected in str(err.value)
     assert "\n" not in str(err.value) and "usage:" not in capsys.readouterr().err
-    if expected != "records settings this metalib cannot build":  # results() reads the manifest, not its argv
+    if expected != "records a recipe this metalib cannot read":  # results() reads the recipe's fields only
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             table = zoo.results()
@@ -89,12 +84,22 @@ def test_a_damaged_manifest_is_named_in_one_line_and_does_not_hide_the_others(ow
 def test_shipped_models_recipe_is_still_the_recipe_of_that_name(name):
     """``--recipe NAME`` must still train what NAME's manifest records: a recipe edited after its model shipped
     (other steps, rates, episodes) fails here, so the model is retrained or the recipe renamed."""
-    from metalib.recipes import Recipe
+    shipped, now = manifest_recipe(name), RECIPES[name]
+    assert (shipped.options(), shipped.tests, shipped.batchnorm) == (now.options(), now.tests, now.batchnorm)
 
-    shipped = dict(manifest(name)["recipe"])
-    shipped["tests"] = tuple(tuple(t) for t in shipped["tests"])
-    shipped["batchnorm"] = tuple(shipped.get("batchnorm") or ("transductive",))  # older manifests predate the field
-    assert Recipe(**shipped).argv() == RECIPES[name].argv()
+
+def test_a_manifest_written_before_typed_settings_still_loads_the_same_learner(own_zoo):
+    """Manifests used to record the recipe's learner settings as flat fields and rebuild the learner by re-parsing
+    a command line (``argv``); such a manifest (a real one, of the Reptile model) migrates to the typed recipe."""
+    old = json.loads((Path(__file__).parent / "fixtures" / "manifest-before-typed-settings.json").read_text())
+    assert "argv" in old and "learner" not in old["recipe"] and old["recipe"]["inner_batches"] == 5
+    new = migrate_manifest(old)
+    assert "argv" not in new and new["recipe"] == json.loads((ZOO / "reptile-omniglot-5w1s.json").read_text())["recipe"]
+    assert Recipe.from_dict(old["recipe"]).learner == ReptileSettings(inner_lr=0.4, inner_steps=5, inner_batches=5)
+    shutil.copy(ZOO / "reptile-omniglot-5w1s.pt", own_zoo / "reptile-omniglot-5w1s.pt")
+    (own_zoo / "reptile-omniglot-5w1s.json").write_text(json.dumps(old))
+    learner = load_pretrained("reptile-omniglot-5w1s")
+    assert (learner.name, learner.inner.steps, learner.inner.lr, learner.inner.support_batches) == ("reptile", 5, 0.4, 5)
 
 
 def test_results_label_each_model_by_its_recipe_variant():

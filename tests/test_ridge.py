@@ -80,7 +80,8 @@ def test_r2d2_learns_a_synthetic_task_family_and_rejects_bad_settings(pattern_im
 
 
 def test_train_cli_builds_r2d2_on_an_embedding():
-    from metalib.train_cli import build_learner, parse_args
+    from metalib.train_cli import parse_args
+    from metalib.training_run import build_learner
 
     _, a = parse_args(["--algorithm", "r2d2", "--ways", "5"])
     learner = build_learner(a, torch.device("cpu"))

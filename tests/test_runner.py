@@ -230,23 +230,16 @@ def test_failing_notebook_names_the_cell(tmp_path, capsys):
     assert not (tmp_path / "failing.metrics.json").exists()
 
 
-@pytest.fixture(scope="module")
-def timed_out(tmp_path_factory):
-    """A notebook stopped by a 3 s timeout in its sleeping cell 2, before cell 3."""
-    folder = tmp_path_factory.mktemp("slow")
-    slow = _notebook(folder, "slow.ipynb", _params_cell("seconds = 60"),
+
+def test_timeout_stops_the_notebook_and_marks_the_cell_in_the_executed_notebook(tmp_path):
+    """A notebook stopped by a 3 s timeout in its sleeping cell 2, before cell 3. The executed notebook marks the
+    cell, as papermill marks a cell that raised; it used to save every cell as completed, without an exception."""
+    slow = _notebook(tmp_path, "slow.ipynb", _params_cell("seconds = 60"),
                      new_code_cell("import time\ntime.sleep(seconds)"), new_code_cell("print('never reached')"))
-    return run_notebook(slow, folder / "out", timeout=3)
-
-
-def test_timeout_stops_the_notebook(timed_out):
+    timed_out = run_notebook(slow, tmp_path / "out", timeout=3)
     assert timed_out.status == "timeout"
     assert "3 s timeout in cell 2" in timed_out.error
     assert timed_out.runtime_s < 30
-
-
-def test_timeout_marks_the_cell_in_the_executed_notebook(timed_out):
-    # As papermill marks a cell that raised; it used to save every cell as completed, without an exception.
     executed = nbformat.read(timed_out.output_path, as_version=4)
     status = [(cell.metadata.papermill["status"], cell.metadata.papermill["exception"]) for cell in executed.cells]
     assert status[2] == ("failed", True)

@@ -150,14 +150,15 @@ def test_trainval_training_draws_the_papers_1200_characters_and_is_part_of_the_r
     """``--train-split trainval`` trains on train + val (4800 rotated classes against train's 4112), refuses a
     validation set that would then be seen in training, and a checkpoint of one split does not resume the other."""
     from metalib.distributed import DistContext
-    from metalib.train_cli import _samplers, parse_args, run
+    from metalib.train_cli import parse_args, run
+    from metalib.training_run import samplers as split_samplers
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     counts = {}
     for split in ("train", "trainval"):
         _, a = parse_args(["--algorithm", "protonet", "--train-split", split, "--val-tasks", "0",
                            "--data-dir", str(omniglot_data_dir)])
-        samplers = _samplers(a, DistContext())
+        samplers = split_samplers(a, DistContext())
         counts[split] = (samplers["train"].num_classes, samplers["test"].num_classes)
     assert counts == {"train": (4112, 1692), "trainval": (4800, 1692)}
 

@@ -12,7 +12,8 @@ from metalib.errors import ArgumentError
 from metalib.models import conv4, mlp
 from metalib.tasks import EpisodeSampler
 from metalib.train import meta_train
-from metalib.train_cli import check_outputs, parse_args, run
+from metalib.train_cli import parse_args, run
+from metalib.training_run import check_outputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

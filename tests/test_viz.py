@@ -19,20 +19,15 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from metalib import EpisodeSampler, SinusoidTasks, evaluate, maml, mlp, pretrain, viz  # noqa: E402
+from metalib import EpisodeSampler, SinusoidTasks, evaluate, viz  # noqa: E402
 from metalib.data import ClassSplit  # noqa: E402
 from metalib.evaluate import adapted_predictions, confidence_interval  # noqa: E402
 from metalib.viz import widgets  # noqa: E402
 from metalib.viz.common import mean_and_ci, plural, steps_label  # noqa: E402
 
 CLASSES, DRAWINGS, SIZE = 12, 20, 8
+pytestmark = pytest.mark.usefixtures("close_figures")
 
-
-@pytest.fixture(autouse=True)
-def _close_figures(monkeypatch):
-    monkeypatch.delenv(widgets.STATIC_ENV, raising=False)  # the figure_mode rule's default, whatever the shell says
-    yield
-    plt.close("all")
 
 
 def class_coded_split(rotations: bool = True) -> ClassSplit:
@@ -128,11 +123,6 @@ def test_sinusoid_family_one_line_per_task():
     assert len(ax.lines) == 4 and len(ax.collections) == 4
     assert np.allclose(ax.lines[2].get_ydata(), y[2, :, 0].numpy())
 
-
-@pytest.fixture(scope="module")
-def sinusoid_learners():
-    return {"MAML": maml(mlp(seed=0), inner_lr=0.01, problem="regression"),
-            "pretrained": pretrain(mlp(seed=1), problem="regression")}
 
 
 def test_adapted_predictions_match_the_learners_scores(sinusoid_learners):
@@ -356,22 +346,6 @@ def test_sinusoid_view_draws_the_adapted_predictions(sinusoid_learners):
 
 
 # ------------------------------------------------------------------------ when the static figure shows
-
-class DisplayLog:
-    """Stands in for IPython's ``display``: counts the figures displayed."""
-
-    def __init__(self):
-        self.figures = []
-
-    def __call__(self, obj, **_):
-        self.figures.append(obj)
-
-
-@pytest.fixture
-def displays(monkeypatch):
-    log = DisplayLog()
-    monkeypatch.setattr(widgets, "display", log)
-    return log
 
 
 def in_kernel(monkeypatch):

@@ -1,7 +1,9 @@
 """Meta-learning algorithms. Gradient-based ones are configurations of the one inner loop
-(:mod:`metalib.inner`); every learner follows the :class:`~metalib.algorithms.base.MetaLearner` contract.
+(:mod:`metalib.inner`); every learner follows the :class:`~metalib.algorithms.base.MetaLearner` contract and
+registers itself (:mod:`~metalib.algorithms.registry`): its name, its typed settings and its factory.
 
 =============  ======================================================
+``registry``   ``register``, ``make_learner``, ``Settings``: how learners are declared and built
 ``base``       ``MetaLearner``: the contract training and evaluation use
 ``gradient``   MAML, FOMAML, Meta-SGD, ANIL, Proto-MAML, joint pre-training
 ``mamlpp``     MAML++: per-step learning rates and BatchNorm, multi-step loss, derivative-order annealing
@@ -14,10 +16,10 @@
 """
 from __future__ import annotations
 
-from torch import nn
-
-from ..errors import ArgumentError
 from .base import MetaLearner
+from .registry import (REGISTRY, BuildContext, LearnerSpec, NoSettings, Settings, build_learner, build_model,
+                       learner_spec, make_learner, register, setting, settings_for, unregister)
+# each module below registers its learners when imported
 from .gradient import GradientMetaLearner, anil, fomaml, maml, metasgd, pretrain, protomaml
 from .mamlpp import MAMLPlusPlus, mamlpp
 from .blackbox import CNP, AttentionLearner, attention_learner, cnp
@@ -26,16 +28,8 @@ from .protonet import ProtoNet, protonet
 from .ridge import R2D2, r2d2
 from .reptile import Reptile, reptile
 
-__all__ = ["MetaLearner", "GradientMetaLearner", "Reptile", "ProtoNet", "maml", "fomaml", "metasgd", "anil",
-           "reptile", "protonet", "mamlpp", "MAMLPlusPlus", "protomaml", "r2d2", "R2D2", "imaml", "IMAML", "cnp", "CNP", "attention_learner", "AttentionLearner", "pretrain", "make_learner", "ALGORITHMS"]
-
-ALGORITHMS = {"maml": maml, "fomaml": fomaml, "metasgd": metasgd, "anil": anil, "mamlpp": mamlpp,
-              "protomaml": protomaml, "imaml": imaml, "reptile": reptile,
-              "protonet": protonet, "r2d2": r2d2, "attention": attention_learner, "cnp": cnp, "pretrain": pretrain}
-
-
-def make_learner(name: str, model: nn.Module, **kw) -> MetaLearner:
-    """Build a learner by name: one of ``ALGORITHMS``."""
-    if name not in ALGORITHMS:
-        raise ArgumentError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}")
-    return ALGORITHMS[name](model, **kw)
+__all__ = ["MetaLearner", "GradientMetaLearner", "Reptile", "ProtoNet", "MAMLPlusPlus", "R2D2", "IMAML", "CNP",
+           "AttentionLearner", "maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "mamlpp", "protomaml",
+           "r2d2", "imaml", "cnp", "attention_learner", "pretrain", "REGISTRY", "LearnerSpec", "Settings",
+           "NoSettings", "BuildContext", "setting", "register", "unregister", "learner_spec", "make_learner",
+           "settings_for", "build_model", "build_learner"]

@@ -6,10 +6,10 @@ from torch import Tensor, nn
 
 from ..errors import ArgumentError
 from ..inner import check_batchnorm, forward_adapted, forward_inductive, per_query
-from ..models import BATCHNORM_MODE
+from ..models import TRAINING_BATCHNORM
 from ..problems import CLASSIFICATION, Problem
 from ..tasks import TaskBatch
-from ..types import Grads
+from ..params import Params
 
 __all__ = ["MetaLearner", "EpisodeClassifier", "embed_episode"]
 
@@ -34,7 +34,7 @@ class MetaLearner(nn.Module):
     def meta_parameters(self) -> dict[str, nn.Parameter]:
         return dict(self.named_parameters())
 
-    def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
+    def meta_gradient(self, batch: TaskBatch) -> tuple[Params, dict[str, float]]:
         raise NotImplementedError
 
     def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
@@ -64,9 +64,9 @@ class MetaLearner(nn.Module):
 
     def describe(self) -> dict[str, object]:
         """Settings that belong next to any reported result."""
-        return {"algorithm": self.name, "batchnorm": BATCHNORM_MODE}
+        return {"algorithm": self.name, "batchnorm": TRAINING_BATCHNORM}
 
-    def _grads(self, loss: Tensor) -> Grads:
+    def _grads(self, loss: Tensor) -> Params:
         params = self.meta_parameters()
         gs = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         return {k: (torch.zeros_like(p) if g is None else g) for (k, p), g in zip(params.items(), gs)}
@@ -90,7 +90,7 @@ class EpisodeClassifier(MetaLearner):
     def logits(self, batch: TaskBatch) -> Tensor:
         raise NotImplementedError
 
-    def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
+    def meta_gradient(self, batch: TaskBatch) -> tuple[Params, dict[str, float]]:
         logits = self.logits(batch)
         loss = self.problem.task_loss(logits, batch.query_y).mean()
         score = self.problem.task_score(logits.detach(), batch.query_y).mean()

@@ -13,6 +13,8 @@ optimisation and no metric fixed by hand. The third family beside optimisation-b
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,10 +23,11 @@ from ..errors import ArgumentError
 from ..inner import check_batchnorm
 from ..problems import GAUSSIAN
 from ..tasks import TaskBatch
-from ..types import Grads
+from ..params import Params
 from .base import EpisodeClassifier, MetaLearner, embed_episode
+from .registry import LearnerSpec, Settings, register, setting
 
-__all__ = ["CNP", "cnp", "AttentionLearner", "attention_learner"]
+__all__ = ["CNP", "cnp", "AttentionLearner", "attention_learner", "CNPSettings", "AttentionSettings"]
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -53,7 +56,7 @@ class CNP(MetaLearner):
         r = self.encoder(torch.cat([support_x, support_y], -1)).mean(1, keepdim=True)  # [B, 1, hidden]
         return self.decoder(torch.cat([r.expand(-1, query_x.shape[1], -1), query_x], -1))
 
-    def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
+    def meta_gradient(self, batch: TaskBatch) -> tuple[Params, dict[str, float]]:
         out = self.predict(batch.support_x, batch.support_y, batch.query_x)
         loss = self.problem.task_loss(out, batch.query_y).mean()
         score = self.problem.task_score(out.detach(), batch.query_y).mean()
@@ -120,3 +123,33 @@ def attention_learner(model: nn.Module, *, ways: int = 5, width: int = 128, head
         if seed is not None:
             torch.manual_seed(seed)
         return AttentionLearner(model, ways, dim, width=width, heads=heads, blocks=blocks)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CNPSettings(Settings):
+    width: int = setting(128, "cnp/attention: width of the learner's own layers", low=1)
+    layers: int = setting(3, "cnp: layers of its encoder and of its decoder", low=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionSettings(Settings):
+    width: int = setting(128, "cnp/attention: width of the learner's own layers", low=1)
+    heads: int = setting(4, "attention: heads of each transformer layer (dividing --width)", low=1)
+    blocks: int = setting(2, "attention: transformer layers", low=1)
+
+    def check_task(self, problem: str, shots: int | None = None) -> str | None:
+        if self.width % self.heads:
+            return f"attention: width {self.width} is not divisible by heads {self.heads}"
+        return super().check_task(problem, shots)
+
+
+register(LearnerSpec("cnp", CNPSettings,
+                     lambda model, s, ctx: cnp(model, hidden=s.width, layers=s.layers, seed=ctx.seed),
+                     "a conditional neural process (black box, regression)", model="none", problems=("regression",),
+                     problem_note="is a regression learner (for classification, the black-box learner is attention)",
+                     inner_loop=False))
+register(LearnerSpec("attention", AttentionSettings,
+                     lambda model, s, ctx: attention_learner(model, ways=ctx.ways or 5, width=s.width, heads=s.heads,
+                                                             blocks=s.blocks, seed=ctx.seed),
+                     "a transformer over the support and query tokens (black box, classification)", model="embedding",
+                     problems=("classification",), problem_note="classifies with a head built from the support set", inner_loop=False))

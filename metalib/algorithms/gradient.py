@@ -12,7 +12,7 @@ pretrain    0 inner steps in training (joint training), fine-tuned at test time
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -22,10 +22,12 @@ from ..inner import InnerConfig, adapt, check_batchnorm, task_losses
 from ..models import split_body_head
 from ..problems import Problem, get_problem
 from ..tasks import TaskBatch
-from ..types import Grads, Params
+from ..params import Params
 from .base import MetaLearner, check_head
+from .registry import LearnerSpec, Settings, register, setting
 
-__all__ = ["GradientMetaLearner", "maml", "fomaml", "metasgd", "anil", "protomaml", "pretrain"]
+__all__ = ["GradientMetaLearner", "maml", "fomaml", "metasgd", "anil", "protomaml", "pretrain", "InnerLoopSettings",
+           "MAMLSettings", "PretrainSettings"]
 
 _LR_PREFIX = "inner_lr."
 
@@ -46,7 +48,7 @@ class GradientMetaLearner(MetaLearner):
         self.problem = inner.problem
         self.name = name
         check_head(model, self.problem, None, name)
-        names = inner.adapt if inner.adapt is not None else [k for k, _ in model.named_parameters()]
+        names = inner.adapt_only if inner.adapt_only is not None else [k for k, _ in model.named_parameters()]
         if inner.lr_per_step and not learn_lr:
             raise ArgumentError("lr_per_step needs learned learning rates (learn_lr=True)")
         self.inner_lrs = nn.ParameterDict()  # state_dict names: inner_lrs.<name with '.' -> '__'>
@@ -79,7 +81,7 @@ class GradientMetaLearner(MetaLearner):
         """Per-task query losses and scores after adaptation, differentiable w.r.t. meta-parameters."""
         return task_losses(self.model, self.params(), batch, cfg or self.inner, self.lrs())
 
-    def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
+    def meta_gradient(self, batch: TaskBatch) -> tuple[Params, dict[str, float]]:
         losses, scores = self.query_losses(batch)
         loss = losses.mean()
         return self._grads(loss), {"loss": loss.item(), self.problem.score_name: scores.mean().item()}
@@ -98,7 +100,7 @@ class GradientMetaLearner(MetaLearner):
             return self.inductive_scores(self.model, adapt(self.model, params, batch, cfg, lrs), batch)
         return task_losses(self.model, params, batch, cfg, lrs)[1]
 
-    def adapt(self, batch: TaskBatch, steps: int | None = None) -> Params:
+    def adapted_params(self, batch: TaskBatch, steps: int | None = None) -> Params:
         """Adapted parameters of every task (``[B, ...]`` each), detached: for plots and inspection."""
         cfg, params, lrs = self._frozen(steps)
         return {k: v.detach() for k, v in adapt(self.model, params, batch, cfg, lrs).items()}
@@ -106,7 +108,7 @@ class GradientMetaLearner(MetaLearner):
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "inner_steps": self.inner.steps, "inner_lr": self.inner.lr,
                 "first_order": self.inner.first_order, "learned_lr": len(self.inner_lrs) > 0,
-                "adapted": "head" if self.inner.adapt is not None else "all"}
+                "adapted": "head" if self.inner.adapt_only is not None else "all"}
 
 
 def _linear_head(model: nn.Module, who: str) -> None:
@@ -129,7 +131,7 @@ def maml(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_order
          zero_head: bool = False) -> GradientMetaLearner:
     """MAML (Finn et al., 2017): second-order meta-gradient through ``steps`` inner SGD steps; ``zero_head``: each
     task's head starts at zero (Kao et al.'s zeroing trick)."""
-    cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem),
+    cfg = InnerConfig(steps=steps, lr=inner_lr, first_order=first_order, strategy=strategy, problem=get_problem(problem),
                       head_init=_zero_head(model, zero_head))
     return GradientMetaLearner(model, cfg, name="fomaml" if first_order else "maml")
 
@@ -143,7 +145,7 @@ def metasgd(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_or
             problem: str | Problem = "classification", strategy: str = "auto",
             zero_head: bool = False) -> GradientMetaLearner:
     """Meta-SGD (Li et al., 2017): inner learning rates per parameter entry, meta-learned with the init."""
-    cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem),
+    cfg = InnerConfig(steps=steps, lr=inner_lr, first_order=first_order, strategy=strategy, problem=get_problem(problem),
                       head_init=_zero_head(model, zero_head))
     return GradientMetaLearner(model, cfg, learn_lr=True, name="metasgd")
 
@@ -155,7 +157,8 @@ def anil(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_order
     _, head = split_body_head(dict(model.named_parameters()))
     if not head:
         raise ArgumentError("ANIL needs a model with 'head.*' parameters (see metalib.models)")
-    cfg = InnerConfig(steps, inner_lr, first_order, tuple(head), strategy, get_problem(problem),
+    cfg = InnerConfig(steps=steps, lr=inner_lr, first_order=first_order, adapt_only=tuple(head), strategy=strategy,
+                      problem=get_problem(problem),
                       head_init=_zero_head(model, zero_head))
     return GradientMetaLearner(model, cfg, name="anil")
 
@@ -167,7 +170,8 @@ def protomaml(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 1, first_
     parameters only give the head's shape (their meta-gradient is zero); the prototypes carry the meta-gradient
     into the body even when ``first_order``."""
     _linear_head(model, "Proto-MAML")
-    cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem), head_init="prototypes")
+    cfg = InnerConfig(steps=steps, lr=inner_lr, first_order=first_order, strategy=strategy, problem=get_problem(problem),
+                      head_init="prototypes")
     return GradientMetaLearner(model, cfg, name="protomaml")
 
 
@@ -176,5 +180,53 @@ def pretrain(model: nn.Module, *, inner_lr: float = 0.01, problem: str | Problem
     """Joint pre-training baseline: minimise the loss over all tasks' data at the shared weights
     (the inner loop has 0 steps in training), then fine-tune at test time with ``inner_lr``
     via ``evaluate(..., steps=k)``."""
-    cfg = InnerConfig(0, inner_lr, False, None, strategy, get_problem(problem))
+    cfg = InnerConfig(steps=0, lr=inner_lr, strategy=strategy, problem=get_problem(problem))
     return GradientMetaLearner(model, cfg, name="pretrain")
+
+
+INNER_LR_HELP = "inner-loop step size"
+INNER_STEPS_HELP = "inner-loop steps in training"
+
+
+@dataclass(frozen=True, kw_only=True)
+class InnerLoopSettings(Settings):
+    """A learner that adapts by SGD steps: the step size (0.01 on the sinusoids) and the number of steps."""
+
+    inner_lr: float = setting(0.4, INNER_LR_HELP, low=0, strict=True, regression=0.01)
+    inner_steps: int = setting(1, INNER_STEPS_HELP, low=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MAMLSettings(InnerLoopSettings):
+    zero_head: bool = setting(False, "every task's head starts at zero (Kao et al.'s zeroing trick)",
+                              classification_only=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainSettings(Settings):
+    """Joint training has no inner steps; ``inner_lr`` is the step size of test-time fine-tuning."""
+
+    inner_lr: float = setting(0.01, INNER_LR_HELP + " (pretrain: of test-time fine-tuning)", low=0, strict=True)
+
+
+def _maml_family(name: str, factory, summary: str) -> LearnerSpec:
+    return register(LearnerSpec(
+        name, MAMLSettings, lambda model, s, ctx: factory(model, inner_lr=s.inner_lr, steps=s.inner_steps,
+                                                         zero_head=s.zero_head, problem=ctx.problem,
+                                                         strategy=ctx.strategy), summary))
+
+
+_maml_family("maml", maml, "MAML: second-order meta-gradient through the inner SGD steps")
+_maml_family("fomaml", fomaml, "first-order MAML: the query gradient at the adapted weights")
+_maml_family("metasgd", metasgd, "Meta-SGD: MAML with a learned inner learning rate per weight")
+_maml_family("anil", anil, "ANIL: only the head adapts in the inner loop")
+register(LearnerSpec(
+    "protomaml", InnerLoopSettings,
+    lambda model, s, ctx: protomaml(model, inner_lr=s.inner_lr, steps=s.inner_steps, problem=ctx.problem,
+                                    strategy=ctx.strategy),
+    "Proto-MAML: MAML whose head starts at the task's class prototypes", problems=("classification",),
+    problem_note="starts each task's head at its class prototypes, so it classifies"))
+register(LearnerSpec(
+    "pretrain", PretrainSettings,
+    lambda model, s, ctx: pretrain(model, inner_lr=s.inner_lr, problem=ctx.problem, strategy=ctx.strategy),
+    "joint pre-training over all tasks' data, fine-tuned at test time (set its steps with --eval-steps)"))

@@ -16,7 +16,7 @@ inner loop's graph is kept: memory does not grow with the number of inner steps,
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -26,10 +26,11 @@ from ..errors import ArgumentError
 from ..inner import InnerConfig, adapt, forward_adapted
 from ..problems import Problem, get_problem
 from ..tasks import TaskBatch
-from ..types import Grads, Params
-from .gradient import GradientMetaLearner
+from ..params import Params
+from .gradient import GradientMetaLearner, InnerLoopSettings, INNER_LR_HELP, INNER_STEPS_HELP
+from .registry import LearnerSpec, register, setting
 
-__all__ = ["IMAML", "imaml", "batched_cg", "UNSOLVED_RATIO"]
+__all__ = ["IMAML", "imaml", "batched_cg", "UNSOLVED_RATIO", "IMAMLSettings"]
 
 UNSOLVED_RATIO = 0.01  # proximal gradient at phi over its value at theta above which iMAML warns
 
@@ -102,11 +103,11 @@ class IMAML(GradientMetaLearner):
         self.cg_steps = cg_steps
         self._warned: dict[str, bool] = {}
 
-    def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
+    def meta_gradient(self, batch: TaskBatch) -> tuple[Params, dict[str, float]]:
         lam, problem = self.inner.proximal, self.problem
         theta = {k: v.detach() for k, v in self.params().items()}
         with torch.no_grad():  # the inner solution: no graph, whatever the number of steps
-            phi = adapt(self.model, theta, batch, replace(self.inner, first_order=True, adapt=None))
+            phi = adapt(self.model, theta, batch, replace(self.inner, first_order=True, adapt_only=None))
         phi = {k: v.detach().requires_grad_() for k, v in phi.items()}
         with torch.enable_grad():
             out = forward_adapted(self.model, phi, batch.query_x)
@@ -159,5 +160,22 @@ def imaml(model: nn.Module, *, inner_lr: float = 0.1, steps: int = 5, lam: float
           problem: str | Problem = "classification", strategy: str = "auto") -> IMAML:
     """iMAML: ``steps`` SGD steps of size ``inner_lr`` on the support loss plus ``lam / 2 |phi - theta|^2``, and
     the implicit meta-gradient by ``cg_steps`` conjugate-gradient iterations."""
-    cfg = InnerConfig(steps, inner_lr, True, None, strategy, get_problem(problem), lam)
+    cfg = InnerConfig(steps=steps, lr=inner_lr, first_order=True, strategy=strategy, problem=get_problem(problem),
+                      proximal=lam)
     return IMAML(model, cfg, cg_steps=cg_steps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IMAMLSettings(InnerLoopSettings):
+    inner_lr: float = setting(0.1, INNER_LR_HELP, low=0, strict=True, regression=0.01)
+    inner_steps: int = setting(5, INNER_STEPS_HELP, low=0)
+    proximal: float = setting(1.0, "iMAML: lambda of the proximal term lambda/2 |phi - theta|^2 of the inner problem",
+                              low=0, strict=True)
+    cg_steps: int = setting(5, "iMAML: conjugate-gradient iterations of the implicit gradient", low=1)
+
+
+register(LearnerSpec(
+    "imaml", IMAMLSettings,
+    lambda model, s, ctx: imaml(model, inner_lr=s.inner_lr, steps=s.inner_steps, lam=s.proximal, cg_steps=s.cg_steps,
+                                problem=ctx.problem, strategy=ctx.strategy),
+    "iMAML: the implicit meta-gradient by conjugate gradient on Hessian-vector products"))

@@ -27,7 +27,7 @@ metalib computes what it computes and keeps no running statistics.
 from __future__ import annotations
 
 import operator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
@@ -36,10 +36,11 @@ from ..inner import InnerConfig
 from ..models import TaskBatchNorm
 from ..problems import Problem, get_problem
 from ..tasks import TaskBatch
-from ..types import Params
-from .gradient import GradientMetaLearner
+from ..params import Params
+from .gradient import GradientMetaLearner, InnerLoopSettings, INNER_LR_HELP, INNER_STEPS_HELP
+from .registry import LearnerSpec, register, setting
 
-__all__ = ["MAMLPlusPlus", "mamlpp", "msl_weights", "MSL_SHARE", "FIRST_ORDER_SHARE"]
+__all__ = ["MAMLPlusPlus", "mamlpp", "msl_weights", "MSL_SHARE", "FIRST_ORDER_SHARE", "MAMLPlusPlusSettings"]
 
 
 def msl_weights(steps: int, progress: float, floor: float = 0.03) -> tuple[float, ...]:
@@ -79,8 +80,8 @@ class MAMLPlusPlus(GradientMetaLearner):
             raise ArgumentError("per-step BatchNorm needs a model with TaskBatchNorm layers (e.g. conv4)")
         per_step = tuple(bn) if per_step_bn else ()
         names = tuple(k for k, _ in model.named_parameters() if k not in per_step)
-        inner = replace(inner, lr_per_step=True, per_step=per_step, adapt=names if per_step else inner.adapt)
-        super().__init__(model, inner, learn_lr=True, name="maml++")
+        inner = replace(inner, lr_per_step=True, per_step=per_step, adapt_only=names if per_step else inner.adapt_only)
+        super().__init__(model, inner, learn_lr=True, name="mamlpp")
         own = dict(model.named_parameters())
         self.step_params = nn.ParameterDict({  # state_dict names: step_params.<name with '.' -> '__'>
             k.replace(".", "__"): nn.Parameter(own[k].detach().expand(inner.steps, *own[k].shape).clone())
@@ -130,5 +131,29 @@ def mamlpp(model: nn.Module, *, inner_lr: float = 0.1, steps: int = 5, msl_steps
     meta-gradient is first-order for the first ``first_order_steps``; ``None`` (the default) takes the paper's
     share of the run: the first 1/15 and the first third of the outer steps. Train it with a cosine-annealed outer
     rate (``train_cli --lr-schedule cosine --lr-min 1e-5``), as the paper does."""
-    cfg = InnerConfig(steps, inner_lr, first_order, None, strategy, get_problem(problem))
+    cfg = InnerConfig(steps=steps, lr=inner_lr, first_order=first_order, strategy=strategy, problem=get_problem(problem))
     return MAMLPlusPlus(model, cfg, msl_steps=msl_steps, first_order_steps=first_order_steps, per_step_bn=per_step_bn)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MAMLPlusPlusSettings(InnerLoopSettings):
+    inner_lr: float = setting(0.1, INNER_LR_HELP + " (MAML++: where the learned per-step rates start)", low=0,
+                              strict=True, regression=0.01)
+    inner_steps: int = setting(5, INNER_STEPS_HELP, low=1)
+    msl_steps: int | None = setting(None, "MAML++: outer steps over which the multi-step loss anneals to the last "
+                                          "step's loss (default: the paper's first 1/15 of the run)", kind=int, low=0)
+    first_order_steps: int | None = setting(None, "MAML++: outer steps with first-order meta-gradients before second "
+                                                  "order (default: the paper's first third of the run)", kind=int, low=0)
+    per_step_bn: bool = setting(True, "MAML++: BatchNorm weights and biases per inner step (off for models without "
+                                      "BatchNorm, e.g. the sinusoid MLP)", regression=False)
+
+    def length_shapes_run(self) -> bool:
+        return self.msl_steps is None or self.first_order_steps is None  # the paper's shares of the run's length
+
+
+register(LearnerSpec(
+    "mamlpp", MAMLPlusPlusSettings,
+    lambda model, s, ctx: mamlpp(model, inner_lr=s.inner_lr, steps=s.inner_steps, msl_steps=s.msl_steps,
+                                 first_order_steps=s.first_order_steps, per_step_bn=s.per_step_bn,
+                                 problem=ctx.problem, strategy=ctx.strategy),
+    "MAML++: per-step rates and BatchNorm, multi-step loss, derivative-order annealing"))

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from ..tasks import TaskBatch
 from .base import EpisodeClassifier, embed_episode
+from .registry import LearnerSpec, NoSettings, register
 
 __all__ = ["ProtoNet", "protonet"]
 
@@ -40,3 +41,8 @@ class ProtoNet(EpisodeClassifier):
 def protonet(model: nn.Module) -> ProtoNet:
     """Prototypical Networks on an embedding model (e.g. ``conv4(n_classes=0)``)."""
     return ProtoNet(model)
+
+
+register(LearnerSpec("protonet", NoSettings, lambda model, s, ctx: protonet(model),
+                     "Prototypical Networks: nearest class mean in a learned embedding", model="embedding",
+                     problems=("classification",), problem_note="classifies with a head built from the support set", inner_loop=False))

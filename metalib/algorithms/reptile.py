@@ -1,7 +1,7 @@
 """Reptile (Nichol et al., 2018): adapt with plain SGD, then move the initialisation toward the result."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -9,10 +9,12 @@ from torch import Tensor, nn
 from ..inner import InnerConfig, adapt, check_batchnorm, forward_adapted, task_losses
 from ..problems import Problem, get_problem
 from ..tasks import TaskBatch
-from ..types import Grads
+from ..params import Params
 from .base import MetaLearner, make_torch_optimizer, check_head
+from .gradient import InnerLoopSettings, INNER_LR_HELP, INNER_STEPS_HELP
+from .registry import LearnerSpec, register, setting
 
-__all__ = ["Reptile", "reptile"]
+__all__ = ["Reptile", "reptile", "ReptileSettings"]
 
 
 class Reptile(MetaLearner):
@@ -43,7 +45,7 @@ class Reptile(MetaLearner):
         return make_torch_optimizer(list(self.meta_parameters().values()), name, lr,
                                     default_lr=1.0 if name == "sgd" else 1e-3)
 
-    def meta_gradient(self, batch: TaskBatch) -> tuple[Grads, dict[str, float]]:
+    def meta_gradient(self, batch: TaskBatch) -> tuple[Params, dict[str, float]]:
         params = {k: v.detach() for k, v in self.model.named_parameters()}
         fast = adapt(self.model, params, batch, self.inner)
         grads = {k: params[k] - fast[k].mean(0) for k in params}
@@ -73,5 +75,27 @@ def reptile(model: nn.Module, *, inner_lr: float = 0.4, steps: int = 5, problem:
     steps take in turn, as Nichol et al. do (the gradients of different minibatches are what makes Reptile
     more than joint training: their inner products enter its update); ``None`` adapts on the whole support
     set at every step. Test-time adaptation always uses the whole support set."""
-    return Reptile(model, InnerConfig(steps, inner_lr, True, None, strategy, get_problem(problem),
+    return Reptile(model, InnerConfig(steps=steps, lr=inner_lr, first_order=True, strategy=strategy, problem=get_problem(problem),
                                       support_batches=inner_batches))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReptileSettings(InnerLoopSettings):
+    inner_lr: float = setting(0.4, INNER_LR_HELP, low=0, strict=True, regression=0.01)
+    inner_steps: int = setting(5, INNER_STEPS_HELP, low=0)
+    inner_batches: int | None = setting(None, "Reptile: split each training support set into N class-balanced "
+                                              "minibatches, one per inner step in turn (Nichol et al.); default: the "
+                                              "whole support set at every step", kind=int, low=1)
+
+    def check_task(self, problem: str, shots: int | None = None) -> str | None:
+        if self.inner_batches is not None and shots is not None and self.inner_batches > shots:
+            return (f"inner_batches {self.inner_batches} needs at least that many shots per class (got {shots}): "
+                    f"each minibatch takes one example of every class or more")
+        return super().check_task(problem, shots)
+
+
+register(LearnerSpec(
+    "reptile", ReptileSettings,
+    lambda model, s, ctx: reptile(model, inner_lr=s.inner_lr, steps=s.inner_steps, inner_batches=s.inner_batches,
+                                  problem=ctx.problem, strategy=ctx.strategy),
+    "Reptile: move the initialisation toward each task's adapted weights (outer SGD by default)", optimizer="sgd"))

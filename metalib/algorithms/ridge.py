@@ -14,6 +14,7 @@ are learned in log space (they stay positive).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,9 @@ from torch import Tensor, nn
 from ..errors import ArgumentError
 from ..tasks import TaskBatch
 from .base import EpisodeClassifier, embed_episode
+from .registry import LearnerSpec, Settings, register, setting
 
-__all__ = ["R2D2", "r2d2", "ridge_head"]
+__all__ = ["R2D2", "r2d2", "ridge_head", "R2D2Settings"]
 
 
 def ridge_head(zs: Tensor, ys: Tensor, ways: int, lam: Tensor | float) -> Tensor:
@@ -63,3 +65,14 @@ class R2D2(EpisodeClassifier):
 def r2d2(model: nn.Module, *, lam: float = 1.0, scale: float = 1.0) -> R2D2:
     """R2D2 / MetaOptNet-ridge on an embedding model (e.g. ``conv4(n_classes=0)``)."""
     return R2D2(model, lam=lam, scale=scale)
+
+
+@dataclass(frozen=True, kw_only=True)
+class R2D2Settings(Settings):
+    ridge_lambda: float = setting(1.0, "r2d2: where the learned ridge penalty starts", low=0, strict=True)
+    logit_scale: float = setting(1.0, "r2d2: where the learned logit scale starts", low=0, strict=True)
+
+
+register(LearnerSpec("r2d2", R2D2Settings, lambda model, s, ctx: r2d2(model, lam=s.ridge_lambda, scale=s.logit_scale),
+                     "R2D2 / MetaOptNet-ridge: a closed-form ridge-regression head on a learned embedding",
+                     model="embedding", problems=("classification",), problem_note="classifies with a head built from the support set", inner_loop=False))

@@ -17,13 +17,17 @@ import secrets
 import time
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO, Callable
+import warnings
+from typing import BinaryIO, Callable, Sequence, TypeVar
 
 from ..paths import process_running
+from .base import DatasetNotFoundError, InvalidDatasetError
 
-__all__ = ["ChecksumError", "DownloadError", "download_file", "file_md5", "open_temp", "sweep_stale_temp"]
+__all__ = ["ChecksumError", "DownloadError", "download_file", "file_md5", "find_or_download", "open_temp",
+           "sweep_stale_temp"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _CHUNK = 1 << 20
 #: A temp file last written this long ago is abandoned (a write refreshes its mtime continuously).
@@ -164,3 +168,47 @@ def _verified(dest: Path, md5: str, url: str) -> bool:
             f"untouched: move or delete it, then retry to download {url} there."
         )
     return True
+
+
+def find_or_download(
+    what: str, candidates: Sequence[Path], target: Path, url: str, md5: str, download: bool,
+    not_found: Callable[[Sequence[Path], str], str], use: Callable[[Path], T] = Path,  # type: ignore[assignment]
+) -> T:
+    """``use(path)`` of the first of ``candidates`` (``target`` among them) that exists and that
+    ``use`` accepts, else of ``url`` downloaded to ``target``. ``use`` (default: the path itself)
+    validates or reads the content: an md5 is only checked on download.
+
+    A path with a suffix (``.zip``, ``.txt``) must be a file, one without a folder. A copy
+    ``use`` rejects with :class:`InvalidDatasetError` is skipped with a warning when a later one
+    is good (the extracted folder next to a corrupt zip); nothing found is ever deleted or replaced.
+    ``not_found(looked, reason)`` words the error when nothing is found: the dataset's own fix.
+
+    Raises:
+        InvalidDatasetError: every copy found is invalid (the error of the first one).
+        DatasetNotFoundError: nothing found and the download is off or failed; the message
+            lists every path looked at and the fix.
+    """
+    looked = list(candidates) if target in candidates else [*candidates, target]
+    rejected: list[InvalidDatasetError] = []
+    for cand in looked:
+        if not (cand.is_file() if cand.suffix else cand.is_dir()):
+            continue
+        try:
+            result = use(cand)
+        except InvalidDatasetError as exc:
+            rejected.append(exc)
+            continue
+        if rejected:
+            warnings.warn(f"{rejected[0]} Using {cand} instead.", stacklevel=3)
+        if cand != target:
+            log.info("%s: using local copy %s (content-validated; md5 not checked)", what, cand)
+        return result
+    if rejected:
+        raise rejected[0]
+    if not download:
+        raise DatasetNotFoundError(not_found(looked, "download=False"))
+    try:
+        path = download_file(url, target, md5)
+    except (OSError, ChecksumError) as exc:  # DownloadError, or a download folder that is not writable
+        raise DatasetNotFoundError(not_found(looked, str(exc))) from exc
+    return use(path)

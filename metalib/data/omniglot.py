@@ -34,7 +34,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,15 +42,15 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from .. import paths
-from .base import DatasetNotFoundError, InvalidDatasetError
-from .download import ChecksumError, download_file, open_temp, sweep_stale_temp
+from .base import InvalidDatasetError
+from .download import find_or_download, open_temp, sweep_stale_temp
 
 __all__ = [
     "OMNIGLOT_MD5",
     "OMNIGLOT_URLS",
     "Omniglot",
     "cache_file",
-    "find_or_download",
+    "not_found_message",
     "load_omniglot",
 ]
 
@@ -73,8 +73,6 @@ _CACHE_NAME = "omniglot28.pt"
 _CACHE_FORMAT = 1  # bump when preprocessing changes so old caches are rebuilt
 #: What reading a zip member or decoding a PNG raises for corrupt bytes.
 _CORRUPT = (OSError, EOFError, SyntaxError, ValueError, struct.error, zipfile.BadZipFile, zlib.error)
-
-T = TypeVar("T")
 
 
 def cache_file(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -229,59 +227,19 @@ def _local_candidates(root: Path, part: str) -> list[Path]:
     return [b / f"{name}.zip" for b in bases] + [b / name for b in bases]
 
 
-def find_or_download(
-    what: str, candidates: Sequence[Path], target: Path, url: str, md5: str, cache_dir: Path, download: bool,
-    use: Callable[[Path], T] = Path,  # type: ignore[assignment]
-) -> T:
-    """``use(path)`` of the first of ``candidates`` (``target`` among them) that exists and that
-    ``use`` accepts, else of ``url`` downloaded to ``target``. ``use`` (default: the path itself)
-    validates or reads the content: an md5 is only checked on download.
-
-    A path with a suffix (``.zip``, ``.txt``) must be a file, one without a folder. A copy
-    ``use`` rejects with :class:`InvalidDatasetError` is skipped with a warning when a later one
-    is good (the extracted folder next to a corrupt zip); nothing found is ever deleted or replaced.
-
-    Raises:
-        InvalidDatasetError: every copy found is invalid (the error of the first one).
-        DatasetNotFoundError: nothing found and the download is off or failed; the message
-            lists every path looked at and the fix.
-    """
-    looked = list(candidates) if target in candidates else [*candidates, target]
-    rejected: list[InvalidDatasetError] = []
-    for cand in looked:
-        if not (cand.is_file() if cand.suffix else cand.is_dir()):
-            continue
-        try:
-            result = use(cand)
-        except InvalidDatasetError as exc:
-            rejected.append(exc)
-            continue
-        if rejected:
-            warnings.warn(f"{rejected[0]} Using {cand} instead.", stacklevel=3)
-        if cand != target:
-            log.info("Omniglot: using local copy %s (content-validated; md5 not checked)", cand)
-        return result
-    if rejected:
-        raise rejected[0]
-    if not download:
-        raise DatasetNotFoundError(_not_found_message(what, looked, "download=False", cache_dir))
-    try:
-        path = download_file(url, target, md5)
-    except (OSError, ChecksumError) as exc:  # DownloadError, or a download folder that is not writable
-        raise DatasetNotFoundError(_not_found_message(what, looked, str(exc), cache_dir)) from exc
-    return use(path)
-
-
 def _decode_part(part: str, data_dir: Path | None, cache_dir: Path, download: bool) -> tuple[list[str], np.ndarray]:
     """Names and images of images_``part``, from the first good copy (see the module docstring)."""
     target = cache_dir / "omniglot" / f"images_{part}.zip"
     candidates = _local_candidates(data_dir, part) if data_dir is not None else []
     candidates += [target, target.with_suffix("")]  # the download folder: a zip, or extracted
-    return find_or_download(f"images_{part}", candidates, target, OMNIGLOT_URLS[part], OMNIGLOT_MD5[part],
-                            cache_dir, download, use=lambda path: _Source(part, path).decode())
+    what = f"images_{part}"
+    return find_or_download(what, candidates, target, OMNIGLOT_URLS[part], OMNIGLOT_MD5[part], download,
+                            lambda looked, reason: not_found_message(what, looked, reason, cache_dir),
+                            use=lambda path: _Source(part, path).decode())
 
 
-def _not_found_message(what: str, looked: Sequence[Path], reason: str, cache_dir: Path) -> str:
+def not_found_message(what: str, looked: Sequence[Path], reason: str, cache_dir: Path) -> str:
+    """Omniglot's "not found" message: what was looked for, where, why not downloaded, and the fix."""
     lines = "\n".join(f"  - {p}" for p in looked)
     return (
         f"Omniglot {what} not found and not downloaded ({reason}). Looked in:\n{lines}\n"

@@ -19,7 +19,8 @@ import torch
 from ..errors import ArgumentError
 from .. import paths
 from .base import ClassSplit, InvalidDatasetError
-from .omniglot import Omniglot, find_or_download, load_omniglot
+from .download import find_or_download
+from .omniglot import Omniglot, load_omniglot, not_found_message
 
 __all__ = ["PROTOCOLS", "VINYALS_MD5", "VINYALS_URL", "omniglot_splits", "read_vinyals_split"]
 
@@ -73,10 +74,9 @@ def _split_file(
     target = cache_root / "omniglot" / relative
     candidates = [] if local is None else [local / "omniglot" / relative, local / relative]
     candidates.append(target)
-    return find_or_download(
-        f"split file {name}.txt", candidates, target, VINYALS_URL.format(name=name), VINYALS_MD5[name],
-        cache_root, download,
-    )
+    what = f"split file {name}.txt"
+    return find_or_download(what, candidates, target, VINYALS_URL.format(name=name), VINYALS_MD5[name], download,
+                            lambda looked, reason: not_found_message(what, looked, reason, cache_root))
 
 
 def _parse_split(path: Path, name: str) -> Entries:

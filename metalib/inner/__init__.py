@@ -8,13 +8,13 @@ the engines decide how a meta-batch is executed, chosen by :mod:`~metalib.inner.
 ``per_task``        ``loop`` and ``threads``: one task at a time, per-task meta-gradients
 ``workers``         the worker threads of ``threads``
 ``vmap``            ``torch.func.vmap`` over tasks, for any model
-``one_task``        adapting one task (shared by ``per_task`` and ``vmap``)
+``adaptation``      adapting tasks: the one body every engine runs
 ``inductive``       inductive BatchNorm at evaluation: each query with the support set alone
 ==================  ==============================================================
 """
-from .core import STRATEGIES, InnerConfig, adapt, inner_sgd, sgd_step, task_losses
-from .one_task import forward
-from .select import AUTO, Engine, forward_adapted, model_kind, resolve_strategy, select_engine
+from .core import STRATEGIES, InnerConfig, inner_sgd, sgd_step
+from .adaptation import forward
+from .select import AUTO, Engine, adapt, forward_adapted, model_kind, resolve_strategy, select_engine, task_losses
 from .inductive import BATCHNORM_MODES, check_batchnorm, forward_inductive, per_query, single_query_episodes
 
 __all__ = ["InnerConfig", "STRATEGIES", "adapt", "task_losses", "inner_sgd", "sgd_step", "forward",

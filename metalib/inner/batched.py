@@ -11,9 +11,9 @@ from typing import Callable
 from torch import Tensor, nn
 
 from ..tasks import TaskBatch
-from ..types import Params
-from .core import InnerConfig, LearningRate, at_step, inner_path, query_loss, query_step, on_minibatches, start_head
-from .one_task import head_only
+from ..params import Params
+from .adaptation import adapt_with, head_only
+from .core import InnerConfig, LearningRate, at_step, query_loss, query_step
 
 
 class BatchedEngine:
@@ -27,22 +27,11 @@ class BatchedEngine:
     def _adapt(self, model: nn.Module, params: Params, lr: LearningRate, x: Tensor, y: Tensor, cfg: InnerConfig,
                names: list[str]) -> tuple[list[Params], Callable[[Params, Tensor, int], Tensor]]:
         """The adapted parameters (:func:`~metalib.inner.core.inner_path`) and ``forward(params, x, step)``."""
-        B, cl = x.shape[0], self.channels_last
-        fixed = {k: v for k, v in params.items() if k not in names}
-        fast = {k: params[k].expand(B, *params[k].shape) for k in names}
-        if head_only(model, names) and not cfg.per_step:
-            features = model.embed_tasks(params, x, False, cl)
-            fast.update(start_head(cfg, fast, lambda: features, y))
-            path = inner_path(on_minibatches(lambda p, i, xb, yb: cfg.problem.task_loss(model.head_tasks(p, xb), yb).sum(),
-                                             features, y, cfg.support_batches), fast, lr, cfg)
-            return [{**fixed, **p} for p in path], lambda p, inp, i: model.head_tasks(p, model.embed_tasks(p, inp, False, cl))
-        fast.update(start_head(cfg, fast, lambda: model.embed_tasks(at_step(params, cfg.per_step, 0), x, False, cl), y))
-        second_order = not cfg.first_order  # the support passes' graphs are differentiated again
-        path = inner_path(on_minibatches(lambda p, i, xb, yb: cfg.problem.task_loss(
-            model.forward_tasks(at_step({**fixed, **p}, cfg.per_step, i), xb, second_order, cl), yb).sum(),
-            x, y, cfg.support_batches), fast, lr, cfg)
-        return [{**fixed, **p} for p in path], \
-            lambda p, inp, i: model.forward_tasks(at_step(p, cfg.per_step, i), inp, False, cl)
+        cl = self.channels_last
+        return adapt_with(lambda p, inp, second_order=False: model.forward_tasks(p, inp, second_order, cl),
+                          lambda p, inp: model.embed_tasks(p, inp, False, cl), model.head_tasks,
+                          lambda out, target: cfg.problem.task_loss(out, target).sum(), params, lr, x, y, cfg, names,
+                          head_only_=head_only(model, names), tasks=x.shape[0])
 
     def adapt(self, model: nn.Module, params: Params, lr: LearningRate, support_x: Tensor, support_y: Tensor,
               cfg: InnerConfig, names: list[str]) -> Params:

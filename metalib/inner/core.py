@@ -5,7 +5,7 @@ Every gradient-based algorithm in metalib is an :class:`InnerConfig` of this loo
 * ``steps`` SGD steps on each task's support loss, starting from the shared ``params``;
 * ``lr`` a scalar, or per-parameter tensors that Meta-SGD learns;
 * ``first_order=True`` treats the inner gradients as constants (FOMAML, Reptile);
-* ``adapt`` names the parameters that move (all by default; the head for ANIL);
+* ``adapt_only`` names the parameters that move (all by default; the head for ANIL);
 * ``proximal`` (``lambda``) adds ``lambda / 2 * |phi - theta|^2`` to the support loss, pulling each task's
   weights ``phi`` towards the shared start ``theta`` (iMAML's regularised inner problem);
 * MAML++'s options: ``lr_per_step`` (each learning-rate tensor has one entry per step: learned per-step,
@@ -18,8 +18,9 @@ Every gradient-based algorithm in metalib is an :class:`InnerConfig` of this loo
 * ``support_batches=n`` gives inner step ``i`` only the ``i % n``-th of ``n`` disjoint, class-balanced slices of
   the support set (Reptile's inner minibatches: consecutive steps see different examples).
 
-:func:`adapt` and :func:`task_losses` take a whole meta-batch (a :class:`~metalib.tasks.TaskBatch`)
-and hand it to an *engine* (:mod:`metalib.inner.select`) that decides how the tasks are executed:
+:func:`~metalib.inner.adapt` and :func:`~metalib.inner.task_losses` take a whole meta-batch (a
+:class:`~metalib.tasks.TaskBatch`) and hand it to an *engine* (:mod:`metalib.inner.select`) that decides how the tasks
+are executed:
 all at once, one by one, or over threads. Every engine runs :func:`inner_sgd` (or its ``torch.func``
 twin) and computes the same numbers.
 """
@@ -32,16 +33,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import ArgumentError
 from ..problems import CLASSIFICATION, Problem
-from ..tasks import TaskBatch
-from ..types import Params
+from ..params import Params
 
-__all__ = ["InnerConfig", "sgd_step", "with_proximal", "lr_at", "at_step", "inner_sgd", "inner_path", "query_loss", "query_step",
-           "prototype_head", "start_head", "support_minibatch", "on_minibatches", "adapt",
-           "task_losses", "STRATEGIES"]
+__all__ = ["InnerConfig", "sgd_step", "with_proximal", "lr_at", "at_step", "inner_sgd", "inner_path", "autograd_gradient",
+           "functorch_gradient", "query_loss", "query_step",
+           "prototype_head", "start_head", "support_minibatch", "on_minibatches", "STRATEGIES"]
 
 Strategy = Literal["auto", "batched", "vmap", "loop", "threads"]
 STRATEGIES = ("auto", "batched", "vmap", "loop", "threads")
@@ -49,14 +49,15 @@ HEAD_INITS = (None, "prototypes", "zeros")
 LearningRate = float | Tensor | Mapping[str, Tensor]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InnerConfig:
-    """How a task is adapted. Algorithms are configurations of this, not copies of the loop."""
+    """How a task is adapted. Algorithms are configurations of this, not copies of the loop. Keyword-only; derive a
+    variant with ``dataclasses.replace(cfg, steps=...)``."""
 
     steps: int = 1
     lr: float = 0.4
     first_order: bool = False
-    adapt: tuple[str, ...] | None = None  # parameter names that move; None = all
+    adapt_only: tuple[str, ...] | None = None  # the parameters that move (None: all)
     strategy: Strategy = "auto"           # the engine; "auto" picks one by device and model
     problem: Problem = field(default=CLASSIFICATION)
     proximal: float = 0.0                 # lambda of the proximal term; 0 = plain support loss
@@ -135,34 +136,52 @@ def query_step(step: int) -> int:
     return max(step - 1, 0)
 
 
+def autograd_gradient(loss: Callable[[Params], Tensor], params: Params, first_order: bool) -> tuple[Params, Params]:
+    """``(params, grads)`` of one inner step with ``torch.autograd.grad``: the graph of the step is kept
+    (``create_graph``) unless ``first_order``; parameters that are not yet autograd leaves become ones."""
+    with torch.enable_grad():
+        params = {k: w if w.requires_grad else w.detach().requires_grad_() for k, w in params.items()}
+        grads = torch.autograd.grad(loss(params), list(params.values()), create_graph=not first_order)
+    return params, dict(zip(params, grads))
+
+
+def functorch_gradient(loss: Callable[[Params], Tensor], params: Params, first_order: bool) -> tuple[Params, Params]:
+    """The same with ``torch.func.grad``, which works inside ``vmap``."""
+    grads = torch.func.grad(loss)(params)
+    return params, ({k: g.detach() for k, g in grads.items()} if first_order else grads)
+
+
+GradientFn = Callable[[Callable[[Params], Tensor], Params, bool], tuple[Params, Params]]
+
+
 def inner_sgd(loss: Callable[[Params, int], Tensor], params: Params, lr: LearningRate, steps: int,
               first_order: bool = False, proximal: float = 0.0, lr_per_step: bool = False,
-              trajectory: bool = False) -> Params | list[Params]:
+              trajectory: bool = False, gradient: GradientFn = autograd_gradient) -> Params | list[Params]:
     """``steps`` SGD steps on ``loss(params, step)`` (plus the ``proximal`` term around the starting ``params``).
     The graph of each step is kept (``create_graph``) unless ``first_order``, so the result is differentiable
     with respect to the starting ``params`` and ``lr``. ``trajectory=True`` returns the parameters before the
-    first step and after every step (``steps + 1`` dicts) instead of the last ones."""
+    first step and after every step (``steps + 1`` dicts) instead of the last ones. ``gradient``: how a step's
+    gradient is taken, :func:`autograd_gradient` or :func:`functorch_gradient` (inside ``vmap``)."""
     loss = with_proximal(loss, params, proximal)
     # each parameter its own variable: the inner gradient is the partial derivative even where start values
     # depend on each other (Proto-MAML's head is a function of the body)
-    if torch.is_grad_enabled():  # (a view made under no_grad would be a leaf that autograd cannot use)
-        params = {k: w.view_as(w) if w.requires_grad else w for k, w in params.items()}
+    if gradient is autograd_gradient and torch.is_grad_enabled():  # (a view made under no_grad would be a leaf
+        params = {k: w.view_as(w) if w.requires_grad else w for k, w in params.items()}  # that autograd cannot use)
     path = [params]
     for i in range(steps):
-        with torch.enable_grad():
-            params = {k: w if w.requires_grad else w.detach().requires_grad_() for k, w in params.items()}
-            grads = torch.autograd.grad(loss(params, i), list(params.values()), create_graph=not first_order)
-        params = sgd_step(params, dict(zip(params, grads)), lr_at(lr, i, lr_per_step))
+        params, grads = gradient(lambda p: loss(p, i), params, first_order)
+        params = sgd_step(params, grads, lr_at(lr, i, lr_per_step))
         if trajectory:
             path.append(params)
     return path if trajectory else params
 
 
-def inner_path(loss: Callable[[Params, int], Tensor], params: Params, lr: LearningRate, cfg: InnerConfig) -> list[Params]:
+def inner_path(loss: Callable[[Params, int], Tensor], params: Params, lr: LearningRate, cfg: InnerConfig,
+               gradient: GradientFn = autograd_gradient) -> list[Params]:
     """:func:`inner_sgd` as ``cfg`` configures it: the adapted parameters as ``[final]``, or every step's
     (``steps + 1`` dicts) when the multi-step loss needs them."""
     out = inner_sgd(loss, params, lr, cfg.steps, cfg.first_order, cfg.proximal, cfg.lr_per_step,
-                    trajectory=cfg.step_weights is not None)
+                    trajectory=cfg.step_weights is not None, gradient=gradient)
     return out if isinstance(out, list) else [out]
 
 
@@ -228,39 +247,3 @@ def start_head(cfg: InnerConfig, fast: Params, features: Callable[[], Tensor], y
     if cfg.head_init == "zeros":
         return {k: torch.zeros_like(v) for k, v in fast.items() if k in ("head.weight", "head.bias")}
     return {}
-
-
-def adapt(model: nn.Module, params: Params, batch: TaskBatch, cfg: InnerConfig,
-          lrs: Mapping[str, Tensor] | None = None) -> Params:
-    """Adapt every task of ``batch`` on its support set; returns parameters ``[B, ...]`` (the ones that do
-    not adapt are broadcast)."""
-    from .select import select_engine
-    engine = select_engine(cfg.strategy, batch.device, model)
-    return engine.adapt(model, params, _lr(lrs, cfg), batch.support_x, batch.support_y, cfg, adapted_names(params, cfg))
-
-
-def task_losses(model: nn.Module, params: Params, batch: TaskBatch, cfg: InnerConfig,
-                lrs: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """Adapt each task on its support set and evaluate it on its query set.
-
-    Returns ``(losses, scores)``, each ``[B]``: the query loss (differentiable with respect to
-    ``params`` and ``lrs`` through the unrolled inner loop; only through the final step when
-    first-order) and the query score (accuracy or MSE, detached).
-    """
-    from .select import select_engine
-    engine = select_engine(cfg.strategy, batch.device, model)
-    return engine.task_losses(model, params, _lr(lrs, cfg), batch, cfg, adapted_names(params, cfg))
-
-
-def adapted_names(params: Mapping[str, Tensor], cfg: InnerConfig) -> list[str]:
-    """The parameters that move in the inner loop, checked against the model's."""
-    if cfg.adapt is None:
-        return list(params)
-    unknown = [n for n in cfg.adapt if n not in params]
-    if unknown:
-        raise ArgumentError(f"cannot adapt unknown parameters {unknown}; the model has {list(params)}")
-    return list(cfg.adapt)
-
-
-def _lr(lrs: Mapping[str, Tensor] | None, cfg: InnerConfig) -> LearningRate:
-    return lrs if lrs is not None else cfg.lr

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..errors import ArgumentError
 from ..tasks import TaskBatch
-from ..types import Params
+from ..params import Params
 from .select import forward_adapted
 
 __all__ = ["BATCHNORM_MODES", "check_batchnorm", "forward_inductive", "single_query_episodes", "per_query"]

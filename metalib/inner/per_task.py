@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from ..tasks import TaskBatch
-from ..types import Params
+from ..params import Params
 from .core import InnerConfig, LearningRate
-from .one_task import adapted_one, autograd_sgd, is_native, one_task_loss
+from .adaptation import adapted_one, autograd_sgd, is_native, one_task_loss
 from .workers import chunks, map_chunks
 
 

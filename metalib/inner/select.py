@@ -12,7 +12,7 @@ loop and finite differences). On CPUs activations of task-batched conv nets are 
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Mapping, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -20,14 +20,15 @@ from torch import Tensor, nn
 from ..errors import ArgumentError
 from ..models import TaskBatchedModel
 from ..tasks import TaskBatch
-from ..types import Params
+from ..params import Params
 from .batched import BatchedEngine
 from .core import STRATEGIES, InnerConfig, LearningRate
-from .one_task import forward
+from .adaptation import forward
 from .per_task import PerTaskEngine
 from .vmap import VmapEngine
 
-__all__ = ["Engine", "AUTO", "model_kind", "resolve_strategy", "select_engine", "forward_adapted"]
+__all__ = ["Engine", "AUTO", "model_kind", "resolve_strategy", "select_engine", "forward_adapted", "adapt", "task_losses",
+           "adapted_names"]
 
 
 class Engine(Protocol):
@@ -101,3 +102,37 @@ def forward_adapted(model: nn.Module, params: Params, x: Tensor, second_order: b
     per_task = {k for k, v in params.items() if v.dim() == own[k].dim() + 1}
     return torch.stack([forward(model, {k: v[i] if k in per_task else v for k, v in params.items()}, xi)
                         for i, xi in enumerate(x)])
+
+
+def adapt(model: nn.Module, params: Params, batch: TaskBatch, cfg: InnerConfig,
+          lrs: Mapping[str, Tensor] | None = None) -> Params:
+    """Adapt every task of ``batch`` on its support set; returns parameters ``[B, ...]`` (the ones that do
+    not adapt are broadcast)."""
+    engine = select_engine(cfg.strategy, batch.device, model)
+    return engine.adapt(model, params, _lr(lrs, cfg), batch.support_x, batch.support_y, cfg, adapted_names(params, cfg))
+
+
+def task_losses(model: nn.Module, params: Params, batch: TaskBatch, cfg: InnerConfig,
+                lrs: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Adapt each task on its support set and evaluate it on its query set.
+
+    Returns ``(losses, scores)``, each ``[B]``: the query loss (differentiable with respect to
+    ``params`` and ``lrs`` through the unrolled inner loop; only through the final step when
+    first-order) and the query score (accuracy or MSE, detached).
+    """
+    engine = select_engine(cfg.strategy, batch.device, model)
+    return engine.task_losses(model, params, _lr(lrs, cfg), batch, cfg, adapted_names(params, cfg))
+
+
+def adapted_names(params: Mapping[str, Tensor], cfg: InnerConfig) -> list[str]:
+    """The parameters that move in the inner loop, checked against the model's."""
+    if cfg.adapt_only is None:
+        return list(params)
+    unknown = [n for n in cfg.adapt_only if n not in params]
+    if unknown:
+        raise ArgumentError(f"cannot adapt unknown parameters {unknown}; the model has {list(params)}")
+    return list(cfg.adapt_only)
+
+
+def _lr(lrs: Mapping[str, Tensor] | None, cfg: InnerConfig) -> LearningRate:
+    return lrs if lrs is not None else cfg.lr

@@ -6,9 +6,9 @@ from torch.func import vmap
 
 from ..errors import ArgumentError
 from ..tasks import TaskBatch
-from ..types import Params
+from ..params import Params
 from .core import InnerConfig, LearningRate
-from .one_task import adapted_one, functorch_sgd, one_task_loss
+from .adaptation import adapted_one, functorch_sgd, one_task_loss
 
 
 class VmapEngine:

@@ -12,9 +12,7 @@ re-evaluates. Models are made by ``python -m metalib.pretrained.export`` from a 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import warnings
@@ -24,15 +22,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..algorithms import MetaLearner
+from ..algorithms import MetaLearner, build_learner
 from ..checkpoints import load_checkpoint, restore
-from ..errors import UserError
+from ..errors import ArgumentError, UserError
+from ..recipes import Recipe
 from ..utils import resolve_device
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["available", "manifest", "load_pretrained", "results", "curves", "file_sha256", "ZooError", "ZOO"]
+__all__ = ["available", "manifest", "migrate_manifest", "manifest_recipe", "load_pretrained", "results", "curves",
+           "file_sha256", "ZooError", "ZOO"]
 
 ZOO = Path(str(resources.files(__name__)))
 _FIX = "restore it with `git checkout metalib/pretrained/` or reinstall metalib"
@@ -67,17 +67,31 @@ def manifest(name: str) -> dict:
         raise ZooError(f"manifest {path} is damaged ({str(exc).splitlines()[0]}); {_FIX}") from None
     if not isinstance(info, dict):
         raise ZooError(f"manifest {path} holds a {type(info).__name__}, not a manifest (a JSON object); {_FIX}")
-    missing = [k for k in ("argv", "recipe", "evaluation", "sha256") if k not in info]
+    missing = [k for k in ("recipe", "evaluation", "sha256") if k not in info]
     if missing:
         raise ZooError(f"manifest {path} lacks {', '.join(missing)}; {_FIX}")
-    return info
+    try:
+        return migrate_manifest(info)
+    except (ArgumentError, KeyError, TypeError, AttributeError) as exc:
+        raise ZooError(f"manifest {path} records a recipe this metalib cannot read ({exc}); {_FIX}") from None
+
+
+def migrate_manifest(info: dict) -> dict:
+    """The manifest in the current format, its recipe checked: one written before recipes held typed settings (its
+    recipe's learner settings as flat fields, and the ``train_cli`` options that rebuilt it, ``argv``) is
+    converted. A recipe that does not make a :class:`~metalib.recipes.Recipe` raises ArgumentError."""
+    recipe = Recipe.from_dict(info["recipe"]).as_dict()
+    return {**{k: v for k, v in info.items() if k != "argv"}, "recipe": recipe}
+
+
+def manifest_recipe(name: str) -> Recipe:
+    """The recipe a shipped model was trained with, as its manifest records it."""
+    return Recipe.from_dict(manifest(name)["recipe"])
 
 
 def load_pretrained(name: str, device: torch.device | str = "cpu") -> MetaLearner:
     """The shipped learner ``name`` on ``device``, built with the settings it was trained with. The model file must
     be the one its manifest describes (its SHA-256 is checked)."""
-    from ..train_cli import build_learner, parse_args
-
     info = manifest(name)
     weights = ZOO / f"{name}.pt"
     if not weights.exists():
@@ -85,14 +99,10 @@ def load_pretrained(name: str, device: torch.device | str = "cpu") -> MetaLearne
     if file_sha256(weights) != info["sha256"]:
         raise ZooError(f"model file {weights} is not the one its manifest {ZOO / name}.json describes (SHA-256 "
                        f"differs: another model's file, or damaged); {_FIX}")
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # argparse's usage text is about a command nobody typed
-            _, args = parse_args(info["argv"])
-    except SystemExit:  # the manifest's settings are not train_cli's
-        raise ZooError(f"manifest {ZOO / name}.json records settings this metalib cannot build ({info['argv']}); "
-                       f"{_FIX}") from None
+    recipe = Recipe.from_dict(info["recipe"])
     device = resolve_device(device)
-    learner = build_learner(args, device)
+    learner = build_learner(recipe.algorithm, recipe.learner, problem=recipe.problem, ways=recipe.ways,
+                            eval_ways=recipe.tests[0][0], hidden=recipe.hidden, seed=recipe.seed, device=device)
     state = load_checkpoint(weights, map_location=device)
     restore(weights, learner, state, f"learner ({learner.name})")
     return learner.eval()

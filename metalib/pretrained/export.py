@@ -26,7 +26,8 @@ from ..profiling import cpu_name
 from ..recipes import get_recipe
 from ..tasks import EpisodeSampler
 from ..train import make_optimizer
-from ..train_cli import build_learner, parse_args, run_settings
+from ..train_cli import parse_args
+from ..training_run import build_learner, run_settings
 from ..outputs import torch_save_atomic, write_atomic
 from . import ZOO, file_sha256
 
@@ -52,13 +53,12 @@ def recipe_results(learner, name: str, *, n_tasks: int = 600, data_dir=None, dev
     column and mode: ``ways``, ``shots``,
     ``queries``, ``n_tasks``, ``mean``, ``ci95``, ``test_steps``, ``batchnorm``, ``published``."""
     recipe = get_recipe(name)
-    _, args = parse_args(["--recipe", name])
     split = omniglot_splits("vinyals", splits=["test"], data_dir=data_dir)["test"]
     rows = []
     for ways, shots in recipe.tests:
         sampler = zoo_test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed, device)
         for mode in recipe.batchnorm:
-            r = evaluate(learner, sampler, n_tasks=n_tasks, steps=args.eval_steps, batchnorm=mode)
+            r = evaluate(learner, sampler, n_tasks=n_tasks, steps=recipe.eval_steps, batchnorm=mode)
             key = f"{ways}w{shots}s" + ("" if mode == "transductive" else f" {mode}")
             rows.append({"ways": ways, "shots": shots, "queries": recipe.eval_queries, "n_tasks": r.n_tasks,
                          "mean": r.mean, "ci95": r.ci95, "test_steps": r.steps, "batchnorm": r.settings["batchnorm"],
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if state["step"] != recipe.steps:
         print(f"warning: the run stopped at step {state['step']} of {recipe.steps}", file=sys.stderr)
     split = omniglot_splits("vinyals", splits=["test"])["test"]
-    steps = args.eval_steps
+    steps = recipe.eval_steps
     evaluation = []
     for row in recipe_results(learner, a.recipe, n_tasks=a.eval_tasks):
         sampler = zoo_test_sampler(split, row["ways"], row["shots"], row["queries"], recipe.seed)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         curve.append({"step": step, "time_s": snap["elapsed"], "cpu_s": snap["cpu_s"], "mean": r.mean, "ci95": r.ci95})
         print(f"  step {step:6d}  {snap['elapsed'] / 60:6.1f} min  {100 * r.mean:.2f}% +/- {100 * r.ci95:.2f}")
     info = {
-        "name": a.recipe, "recipe": recipe.as_dict(), "argv": argv_run, "command": a.command,
+        "name": a.recipe, "recipe": recipe.as_dict(), "command": a.command,
         "git_commit": a.commit or _git_commit(), "torch": torch.__version__, "python": platform.python_version(),
         "machine": a.machine or f"{cpu_name()}, {torch.get_num_threads()} torch threads (CPU)",
         "steps": state["step"], "wall_clock_s": state.get("elapsed"), "cpu_s": state.get("cpu_s"),

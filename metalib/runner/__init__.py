@@ -9,7 +9,7 @@
 * :mod:`~metalib.runner.params`: the ``parameters`` cell, its ``# full:`` comments and the two profiles.
 * :mod:`~metalib.runner.discover`: the notebooks of a folder and ``--only`` selections.
 * :mod:`~metalib.runner.kernels`: the Jupyter kernel, with a fallback to the current interpreter.
-* :mod:`~metalib.runner.execute`: running notebooks (timeouts, failing cells, metrics) and the summary.
+* :mod:`~metalib.runner.notebooks`: running notebooks (timeouts, failing cells, metrics) and the summary.
 * :mod:`~metalib.runner.baselines`: baseline files, tolerances and the comparison.
 
 Notebooks record their metrics with :func:`metalib.metrics.record_metric`.
@@ -18,7 +18,7 @@ from .baselines import (MetricComparison, baseline_path, compare_metrics, defaul
                         make_baseline, write_baseline)
 from .cli import main
 from .discover import discover_notebooks, select_notebooks
-from .execute import NotebookResult, run_notebook, run_notebooks, summary_table
+from .notebooks import NotebookResult, run_notebook, run_notebooks, summary_table
 from .kernels import KernelChoice, resolve_kernel
 from .params import (NotebookFormatError, Parameter, find_parameters_cell, notebook_parameters, parse_cli_value,
                      parse_parameters, profile_parameters)

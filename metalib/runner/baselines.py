@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..metrics import _format_value, _write_json
+from ..metrics import format_value, write_json
 
 if TYPE_CHECKING:
-    from .execute import NotebookResult
+    from .notebooks import NotebookResult
 
 __all__ = ["baseline_path", "default_tolerance", "make_baseline", "write_baseline", "load_baseline",
            "MetricComparison", "compare_metrics"]
@@ -66,7 +66,7 @@ def write_baseline(result: NotebookResult, baselines_dir: str | Path, profile: s
     if not result.ok:
         raise ValueError(f"{result.notebook} did not run successfully ({result.status}); no baseline written")
     path = baseline_path(result.notebook, baselines_dir)
-    _write_json(path, make_baseline(result.path.name, result.metrics, profile))
+    write_json(path, make_baseline(result.path.name, result.metrics, profile))
     return path
 
 
@@ -103,12 +103,12 @@ def compare_metrics(metrics: Mapping[str, Mapping[str, Any]], baseline: Mapping[
     for name, spec in expected.items():
         want, tol = spec["value"], spec.get("tolerance")
         if name not in metrics:
-            out.failures.append(f"{name}: missing from the run (baseline {_format_value(want)})")
+            out.failures.append(f"{name}: missing from the run (baseline {format_value(want)})")
             continue
         got = metrics[name]["value"]
         if tol is not None and _is_number(got) and _is_number(want):
             good = math.isfinite(got) and abs(got - want) <= tol * (1 + 1e-9) + 1e-12
-            detail = f"{_format_value(got)} vs baseline {_format_value(want)} +/- {_format_value(tol)}"
+            detail = f"{format_value(got)} vs baseline {format_value(want)} +/- {format_value(tol)}"
         else:
             good = type(got) is type(want) and got == want
             detail = f"{got!r} vs baseline {want!r} (exact)"

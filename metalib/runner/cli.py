@@ -35,7 +35,7 @@ from typing import Sequence
 
 from .baselines import baseline_path, write_baseline
 from .discover import discover_notebooks, select_notebooks
-from .execute import run_notebooks, summary_table
+from .notebooks import run_notebooks, summary_table
 from .kernels import DEFAULT_KERNEL, resolve_kernel
 from .params import PROFILES, NotebookFormatError, Parameter, notebook_parameters, parse_cli_value, read_notebook
 from .project import ProjectNotFoundError, find_project

@@ -2,7 +2,7 @@
 each task's adapted parameters around them (lower level), each projected on its top-2 principal plane.
 
 What to draw (parameter snapshots, meta-gradients, adapted-minus-initial parameters) is computed by the
-caller, e.g. from ``meta_train`` snapshots with ``learner.adapt`` and ``learner.meta_gradient``.
+caller, e.g. from ``meta_train`` snapshots with ``learner.adapted_params`` and ``learner.meta_gradient``.
 """
 from __future__ import annotations
 

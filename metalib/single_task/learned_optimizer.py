@@ -1,6 +1,6 @@
 """A learned optimiser: single-task meta-learning where ``w`` is the update rule itself.
 
-:mod:`metalib.hyper` learns a few numbers of SGD (learning rates, weight decay). Here the whole rule
+:mod:`metalib.single_task.hyper` learns a few numbers of SGD (learning rates, weight decay). Here the whole rule
 ``theta_{t+1} = theta_t + u_w(g_t, state_t)`` is a small network applied to every parameter entry on its own
 (coordinatewise, as in Andrychowicz et al., 2016, and the MLP-on-gradient-features optimisers of Metz et al.,
 2019-2022). Its inputs for one entry are the gradient ``g`` and its running averages ``m_b`` at a few decay
@@ -10,14 +10,14 @@ rates ``b`` (momentum features, kept as optimiser state), each divided by the ru
 feature nearest 0.9, divided by the RMS); the MLP's last layer starts at zero and learns the correction.
 
 * :meth:`LearnedOptimizer.sgd` fixes the output to ``-lr * g``: the rule then reproduces
-  :func:`metalib.hyper.train` exactly, a check of the plumbing.
+  :func:`metalib.single_task.hyper.train` exactly, a check of the plumbing.
 * :func:`meta_train_optimizer` learns ``w`` by truncated unrolled differentiation: unroll ``unroll`` steps of
-  the optimizee (functional parameters, :func:`metalib.hyper.loss_on`), backpropagate a meta-loss along the
+  the optimizee (functional parameters, :func:`metalib.single_task.hyper.loss_on`), backpropagate a meta-loss along the
   unroll into ``w``, take an Adam step, continue the optimizee from where the truncation stopped (detached),
   and start a new optimizee (a new draw of a :data:`TaskFamily`) every ``horizon`` steps.
 * :func:`run_optimizer` trains an optimizee without a graph, with the learned rule or any ``torch.optim``
   optimiser, and returns the loss curve: the comparison with SGD and Adam (tuned by
-  :func:`metalib.search.grid_search`), and the tests of generalisation to longer runs, wider models, other tasks.
+  :func:`metalib.single_task.search.grid_search`), and the tests of generalisation to longer runs, wider models, other tasks.
 """
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .profiling import History
-from .errors import ArgumentError
-from .hyper import Batch, Data, LossFn, _batch, loss_on
-from .models import mlp
-from .types import Params
+from ..errors import ArgumentError
+from ..models import mlp
+from ..params import Params
+from ..profiling import History
+from .examples import Data, Examples, LossFn, data_at, loss_on
 
 __all__ = ["OptState", "LearnedOptimizer", "Task", "TaskFamily", "regression_family", "unroll",
            "meta_train_optimizer", "run_optimizer"]
@@ -149,7 +149,7 @@ class Task:
     model: nn.Module
     params: Params
     data: Data
-    val: Batch | None = None
+    val: Examples | None = None
     loss_fn: LossFn = field(default=F.mse_loss)
 
 
@@ -176,7 +176,7 @@ def regression_family(sizes: tuple[int, ...] = (4, 16, 1), *, n_train: int = 32,
         if batch is None:
             data: Data = (xt, yt)
         else:
-            def data(step: int) -> Batch:
+            def data(step: int) -> Examples:
                 idx = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed * 100003 + step))[:batch]
                 return xt[idx], yt[idx]
         return Task(model, params, data, (x[n_train:], y[n_train:]))
@@ -202,7 +202,7 @@ def unroll(opt: LearnedOptimizer, task: Task, params: Params, state: OptState, s
     for i in range(steps + 1):
         with torch.enable_grad():  # under no_grad (e.g. finite differences) the optimizee still needs gradients
             theta = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in theta.items()}
-            loss = loss_on(task.model, theta, _batch(task.data, state.t), task.loss_fn)
+            loss = loss_on(task.model, theta, data_at(task.data, state.t), task.loss_fn)
             if i == steps:
                 losses.append(loss)
                 break
@@ -284,7 +284,7 @@ def run_optimizer(opt: LearnedOptimizer | OptimizerFactory, task: Task, steps: i
     rows = []
     for t in range(steps + 1):
         with torch.enable_grad():
-            loss = loss_on(task.model, theta, _batch(task.data, t), task.loss_fn)
+            loss = loss_on(task.model, theta, data_at(task.data, t), task.loss_fn)
         row = {"step": t, "train_loss": loss.item(), "val_loss": math.nan}
         if task.val is not None and (t == steps or (val_every is not None and t % val_every == 0)):
             with torch.no_grad():

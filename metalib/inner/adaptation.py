@@ -1,15 +1,21 @@
-"""Adapting one task: the body shared by the per-task engines (``loop``, ``threads``) and ``vmap``."""
+"""Adapting tasks: the one body every engine runs (:func:`adapt_with`), given how to run the model.
+
+The per-task engines (``loop``, ``threads``) and ``vmap`` hand it one task's forward functions and loss; ``batched``
+hands it the model's task-batched ones and the sum of the tasks' losses. Each option of
+:class:`~metalib.inner.InnerConfig` (which parameters move, where the head starts, per-step parameters, inner
+minibatches, the proximal term, the multi-step loss's path) is therefore implemented once, here and in
+:mod:`~metalib.inner.core`."""
 from __future__ import annotations
 
 from typing import Callable
 
 from torch import Tensor, nn
-from torch.func import functional_call, grad
+from torch.func import functional_call
 
 from ..models import BodyHeadModel, TaskBatchedModel
-from ..types import Params
-from .core import (InnerConfig, LearningRate, at_step, inner_path, lr_at, query_loss, query_step, start_head, sgd_step,
-                   on_minibatches, with_proximal)
+from ..params import Params
+from .core import (InnerConfig, LearningRate, at_step, autograd_gradient, functorch_gradient, inner_path, on_minibatches,
+                   query_loss, query_step, start_head)
 
 Forward = Callable[..., Tensor]
 SGD = Callable[[Callable[[Params, int], Tensor], Params, LearningRate, InnerConfig], list[Params]]
@@ -22,20 +28,12 @@ def forward(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
 
 def autograd_sgd(loss: Callable[[Params, int], Tensor], fast: Params, lr: LearningRate, cfg: InnerConfig) -> list[Params]:
     """The inner loop with ``torch.autograd.grad`` (per-task and batched engines), as :func:`inner_path`."""
-    return inner_path(loss, fast, lr, cfg)
+    return inner_path(loss, fast, lr, cfg, autograd_gradient)
 
 
 def functorch_sgd(loss: Callable[[Params, int], Tensor], fast: Params, lr: LearningRate, cfg: InnerConfig) -> list[Params]:
     """The same steps with ``torch.func.grad``, which works inside ``vmap``."""
-    loss = with_proximal(loss, fast, cfg.proximal)
-    path = [fast]
-    for i in range(cfg.steps):
-        grads = grad(lambda p: loss(p, i))(fast)
-        if cfg.first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
-        fast = sgd_step(fast, grads, lr_at(lr, i, cfg.lr_per_step))
-        path.append(fast)
-    return path if cfg.step_weights is not None else [fast]
+    return inner_path(loss, fast, lr, cfg, functorch_gradient)
 
 
 def head_only(model: nn.Module, names: list[str]) -> bool:
@@ -60,25 +58,38 @@ def one_task_forwards(model: nn.Module, native: bool, channels_last: bool = Fals
             lambda p, h: functional_call(model.head, _sub(p, "head."), (h,)))
 
 
-def adapt_one(model: nn.Module, params: Params, lr: LearningRate, x: Tensor, y: Tensor, cfg: InnerConfig,
-              names: list[str], sgd: SGD, native: bool = False,
-              channels_last: bool = False) -> tuple[list[Params], Callable[[Params, Tensor, int], Tensor]]:
-    """Adapt one task; returns its adapted parameters (``[final]``, or every step's for the multi-step loss) and
-    ``forward(params, x, step)``."""
-    fwd, embed, head = one_task_forwards(model, native, channels_last)
+def adapt_with(forward_: Forward, embed: Forward, head: Forward, loss: Callable[[Tensor, Tensor], Tensor],
+               params: Params, lr: LearningRate, x: Tensor, y: Tensor, cfg: InnerConfig, names: list[str], *,
+               head_only_: bool, sgd: SGD = autograd_sgd, tasks: int | None = None
+               ) -> tuple[list[Params], Callable[[Params, Tensor, int], Tensor]]:
+    """Adapt on the support set ``(x, y)``; returns the adapted parameters (``[final]``, or every step's for the
+    multi-step loss) and ``forward(params, x, step)``. ``forward_(p, x, second_order)``, ``embed(p, x)`` and
+    ``head(p, features)`` run the model (on one task, or on ``tasks`` tasks at once, whose moving parameters are
+    then expanded to ``[tasks, ...]``); ``loss(output, y)`` is what the inner steps descend; ``head_only_``: only
+    the head moves, so the body's features are computed once."""
     fixed = {k: v for k, v in params.items() if k not in names}
-    fast = {k: params[k] for k in names}
-    if head_only(model, names) and not cfg.per_step:
+    fast = {k: params[k] if tasks is None else params[k].expand(tasks, *params[k].shape) for k in names}
+    if head_only_ and not cfg.per_step:
         features = embed(params, x)  # the body is fixed: its features are computed once per task
         fast.update(start_head(cfg, fast, lambda: features, y))
-        path = sgd(on_minibatches(lambda p, i, xb, yb: cfg.problem.loss(head(p, xb), yb), features, y,
-                                  cfg.support_batches), fast, lr, cfg)
+        path = sgd(on_minibatches(lambda p, i, xb, yb: loss(head(p, xb), yb), features, y, cfg.support_batches),
+                   fast, lr, cfg)
         return [{**fixed, **p} for p in path], lambda p, inp, i: head(p, embed(p, inp))
     fast.update(start_head(cfg, fast, lambda: embed(at_step(params, cfg.per_step, 0), x), y))
     second_order = not cfg.first_order  # the support passes' graphs are differentiated again
-    path = sgd(on_minibatches(lambda p, i, xb, yb: cfg.problem.loss(
-        fwd(at_step({**fixed, **p}, cfg.per_step, i), xb, second_order), yb), x, y, cfg.support_batches), fast, lr, cfg)
-    return [{**fixed, **p} for p in path], lambda p, inp, i: fwd(at_step(p, cfg.per_step, i), inp)
+    path = sgd(on_minibatches(lambda p, i, xb, yb: loss(forward_(at_step({**fixed, **p}, cfg.per_step, i), xb,
+                                                                  second_order), yb), x, y, cfg.support_batches),
+               fast, lr, cfg)
+    return [{**fixed, **p} for p in path], lambda p, inp, i: forward_(at_step(p, cfg.per_step, i), inp)
+
+
+def adapt_one(model: nn.Module, params: Params, lr: LearningRate, x: Tensor, y: Tensor, cfg: InnerConfig,
+              names: list[str], sgd: SGD, native: bool = False,
+              channels_last: bool = False) -> tuple[list[Params], Callable[[Params, Tensor, int], Tensor]]:
+    """Adapt one task (:func:`adapt_with` with one task's forward functions and loss)."""
+    fwd, embed, head = one_task_forwards(model, native, channels_last)
+    return adapt_with(fwd, embed, head, cfg.problem.loss, params, lr, x, y, cfg, names,
+                      head_only_=head_only(model, names), sgd=sgd)
 
 
 def adapted_one(model: nn.Module, params: Params, lr: LearningRate, x: Tensor, y: Tensor, cfg: InnerConfig,

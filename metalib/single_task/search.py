@@ -1,5 +1,5 @@
 """Tuning by trial and error (Bergstra and Bengio, 2012): grid and random search, the AutoML baseline that
-learning hyperparameters by gradient (:mod:`metalib.hyper`) is compared with. Each trial is a full run."""
+learning hyperparameters by gradient (:mod:`metalib.single_task.hyper`) is compared with. Each trial is a full run."""
 from __future__ import annotations
 
 import itertools

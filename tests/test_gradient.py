@@ -1,4 +1,5 @@
-"""The zeroing trick (Kao et al., 2022): ``zero_head=True`` starts every task's linear head at zero.
+"""metalib.algorithms.gradient: the zeroing trick (Kao et al., 2022), ``zero_head=True``: every task's linear
+head starts at zero.
 
 Checked in float64 against a naive per-task loop that zeroes the head by hand (every strategy, first and second
 order), against central finite differences, at 0 steps (every class equally likely), and through ``train_cli``
@@ -8,41 +9,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 
 from metalib.algorithms import anil, fomaml, maml, metasgd
 from metalib.errors import ArgumentError
 from metalib.models import conv4
+from reference import flat, meta_gradient_gap, naive_zero_head_gradient, naive_zero_head_loss, omniglot_like_batch
 
-from test_inner import flat, meta_gradient_gap, omniglot_like_batch
 
 STRATEGIES = ["batched", "vmap", "loop", "threads"]
 
 
 pytestmark = pytest.mark.usefixtures("float64_default", "two_or_more_threads")
-
-
-def naive_zero_head_loss(model, params, batch, steps, lr, first_order=False, head_only=False):
-    """Mean query loss over the tasks, each adapted from ``params`` with its head replaced by zeros."""
-    total = 0.0
-    for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
-        fast = {k: torch.zeros_like(v) if k.startswith("head.") else v.view_as(v) for k, v in params.items()}
-        moving = [k for k in fast if k.startswith("head.") or not head_only]
-        for _ in range(steps):
-            fast = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in fast.items()}
-            loss = F.cross_entropy(functional_call(model, fast, (sx,)), sy)
-            grads = torch.autograd.grad(loss, [fast[k] for k in moving], create_graph=not first_order)
-            fast = {**fast, **{k: fast[k] - lr * g for k, g in zip(moving, grads)}}
-        total = total + F.cross_entropy(functional_call(model, fast, (qx,)), qy)
-    return total / len(batch.support_x)
-
-
-def naive_gradient(model, batch, steps, lr, first_order=False, head_only=False):
-    params = dict(model.named_parameters())
-    loss = naive_zero_head_loss(model, params, batch, steps, lr, first_order, head_only)
-    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
 
 
 @pytest.mark.parametrize("first_order", [False, True])
@@ -51,7 +28,7 @@ def test_zero_head_meta_gradient_equals_a_naive_loop(strategy, first_order):
     model = conv4(5, hidden=8, seed=4).double()
     learner = maml(model, inner_lr=0.3, steps=2, first_order=first_order, strategy=strategy, zero_head=True)
     batch = omniglot_like_batch(tasks=3, shots=2, queries=2)
-    diff = meta_gradient_gap(learner, batch, naive_gradient(model, batch, 2, 0.3, first_order))
+    diff = meta_gradient_gap(learner, batch, naive_zero_head_gradient(model, batch, 2, 0.3, first_order))
     assert diff < 1e-10, f"{strategy}: max |core - naive| = {diff:.3e}"
     grads, _ = learner.meta_gradient(batch)
     assert grads["head.weight"].abs().max() == 0 and grads["head.bias"].abs().max() == 0  # the head is only a shape
@@ -63,7 +40,7 @@ def test_zero_head_anil_equals_a_naive_loop(strategy):
     model = conv4(5, hidden=8, seed=5).double()
     learner = anil(model, inner_lr=0.3, steps=2, strategy=strategy, zero_head=True)
     batch = omniglot_like_batch(tasks=2, shots=1, queries=3)
-    diff = meta_gradient_gap(learner, batch, naive_gradient(model, batch, 2, 0.3, head_only=True))
+    diff = meta_gradient_gap(learner, batch, naive_zero_head_gradient(model, batch, 2, 0.3, head_only=True))
     assert diff < 1e-10, f"{strategy}: max |core - naive| = {diff:.3e}"
 
 
@@ -90,7 +67,7 @@ def test_zero_head_starts_every_class_equal_and_ignores_the_learned_head():
     model = conv4(5, hidden=8, seed=7).double()
     learner = fomaml(model, strategy="loop", zero_head=True)
     batch = omniglot_like_batch(tasks=2, shots=2, queries=2)
-    params = learner.adapt(batch, steps=0)
+    params = learner.adapted_params(batch, steps=0)
     assert params["head.weight"].abs().max() == 0 and params["head.bias"].abs().max() == 0
     before = learner.evaluate_batch(batch, steps=1)
     with torch.no_grad():
@@ -106,14 +83,17 @@ def test_zero_head_needs_a_linear_head_and_is_off_by_default():
 
 
 def test_train_cli_and_recipes_carry_zero_head():
+    from metalib.algorithms.gradient import MAMLSettings
     from metalib.recipes import Recipe
-    from metalib.train_cli import build_learner, parse_args, run_settings
+    from metalib.train_cli import parse_args
+    from metalib.training_run import build_learner, run_settings
     _, a = parse_args(["--algorithm", "fomaml", "--zero-head"])
     assert build_learner(a, torch.device("cpu")).inner.head_init == "zeros"
-    assert run_settings(a)["zero_head"] is True and "zero_head" not in run_settings(parse_args([])[1])
+    assert run_settings(a)["zero_head"] is True and run_settings(parse_args([])[1])["zero_head"] is False
     for bad in (["--algorithm", "reptile", "--zero-head"], ["--algorithm", "protonet", "--zero-head"],
                 ["--dataset", "sinusoid", "--zero-head"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
-    r = Recipe("x", "fomaml", ways=5, shots=1, queries=1, steps=10, meta_batch=2, outer_lr=1e-3, zero_head=True)
-    assert r.argv()[-1] == "--zero-head" and "--zero-head" not in Recipe("y", "maml", 5, 1, 1, 10, 2, 1e-3).argv()
+    r = Recipe("x", "fomaml", ways=5, shots=1, queries=1, steps=10, meta_batch=2, outer_lr=1e-3,
+               learner=MAMLSettings(zero_head=True))
+    assert r.options()["zero_head"] is True and Recipe("y", "maml", 5, 1, 1, 10, 2, 1e-3).options()["zero_head"] is False

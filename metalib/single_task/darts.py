@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .profiling import History
-from .errors import ArgumentError
-from .hyper import classification_scores, split_episode
+from ..errors import ArgumentError
+from ..profiling import History
+from .examples import Examples, classification_scores, split_episode
 from .search import SearchResult
 
 __all__ = ["OPS", "DEFAULT_OPS", "Architecture", "SearchSpace", "MixedOp", "SearchNetwork", "Network", "split_images",
@@ -37,7 +37,6 @@ __all__ = ["OPS", "DEFAULT_OPS", "Architecture", "SearchSpace", "MixedOp", "Sear
            "random_architecture_search", "mixture_table"]
 
 Architecture = tuple[str, ...]
-Batch = tuple[Tensor, Tensor]
 Order = Literal["first", "second", "exact"]
 ALPHAS = "alphas"
 
@@ -215,14 +214,14 @@ class Network(_CellNet):
         super().__init__(space, lambda e: (self.arch[e],), affine=True)
 
 
-def split_images(task: Any, pool: int = 1) -> tuple[Batch, Batch, Batch]:
-    """:func:`metalib.hyper.split_episode` (support -> train, queries -> val + test, standardised per pixel) with
+def split_images(task: Any, pool: int = 1) -> tuple[Examples, Examples, Examples]:
+    """:func:`metalib.single_task.hyper.split_episode` (support -> train, queries -> val + test, standardised per pixel) with
     images kept as ``[N, C, H / pool, W / pool]`` for a conv net."""
     _, c, h, w = task.support_x[0].shape
     return tuple((x.view(-1, c, h // pool, w // pool), y) for x, y in split_episode(task, pool))  # type: ignore
 
 
-def _loss(model: nn.Module, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+def _loss(model: nn.Module, params: Mapping[str, Tensor], batch: Examples) -> Tensor:
     return F.cross_entropy(functional_call(model, dict(params), (batch[0],)), batch[1])
 
 
@@ -230,7 +229,7 @@ def _grads(loss: Tensor, tensors: Sequence[Tensor], create_graph: bool = False) 
     return list(torch.autograd.grad(loss, list(tensors), create_graph=create_graph))
 
 
-def architecture_gradient(model: SearchNetwork, train_batch: Batch, val_batch: Batch, *, order: Order = "second",
+def architecture_gradient(model: SearchNetwork, train_batch: Examples, val_batch: Examples, *, order: Order = "second",
                           xi: float = 0.01, fd_radius: float = 0.01) -> tuple[float, Tensor]:
     """The validation loss and its gradient w.r.t. ``alphas`` at the model's current ``w`` and ``alphas``.
 
@@ -269,7 +268,7 @@ def architecture_gradient(model: SearchNetwork, train_batch: Batch, val_batch: B
         return val.item(), (d_alpha - xi * (side[0] - side[1]) / (2 * eps)).detach()
 
 
-def darts_search(model: SearchNetwork, train_data: Batch, val_data: Batch, steps: int, *, order: Order = "second",
+def darts_search(model: SearchNetwork, train_data: Examples, val_data: Examples, steps: int, *, order: Order = "second",
                  w_lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 3e-4, alpha_lr: float = 3e-3,
                  alpha_weight_decay: float = 1e-3, xi: float | None = None, fd_radius: float = 0.01,
                  clip: float | None = 5.0, warmup: int = 0,
@@ -320,7 +319,7 @@ def derive(alphas: Tensor, ops: Sequence[str]) -> Architecture:
     return tuple(ops[keep[b]] for b in alphas.detach()[:, keep].argmax(-1).tolist())
 
 
-def train_network(model: nn.Module, train_data: Batch, steps: int, *, lr: float = 0.05, momentum: float = 0.9,
+def train_network(model: nn.Module, train_data: Examples, steps: int, *, lr: float = 0.05, momentum: float = 0.9,
                   weight_decay: float = 3e-4, clip: float | None = 5.0,
                   losses: list[float] | None = None) -> nn.Module:
     """Train ``model`` in place, full batch: ``steps`` steps of SGD with momentum; returns it in eval mode."""
@@ -340,12 +339,12 @@ def train_network(model: nn.Module, train_data: Batch, steps: int, *, lr: float 
     return model.eval()
 
 
-def network_scores(model: nn.Module, data: Mapping[str, Batch]) -> dict[str, float]:
+def network_scores(model: nn.Module, data: Mapping[str, Examples]) -> dict[str, float]:
     """``{name}_loss`` and ``{name}_acc`` of ``model`` on each named batch; puts the model in eval mode."""
     return classification_scores(model.eval(), dict(model.named_parameters()), data)
 
 
-def random_architecture_search(space: SearchSpace, train_data: Batch, val_data: Batch, steps: int, *,
+def random_architecture_search(space: SearchSpace, train_data: Examples, val_data: Examples, steps: int, *,
                                n_trials: int | None = None, budget_s: float | None = None, seed: int = 0,
                                **train_kw: Any) -> SearchResult:
     """Random search: draw an architecture (``seed``), train it from scratch (``steps`` steps of
@@ -357,8 +356,8 @@ def random_architecture_search(space: SearchSpace, train_data: Batch, val_data: 
     means equal.
 
     Trial rows: ``trial``, one column per edge (``"j->i"``), ``arch``, ``value`` (val loss), ``val_acc``, ``time_s``
-    (since the start), ``within_budget``; ``best`` is ``{"arch", "init_seed"}``. :func:`metalib.search.random_search`
-    has no time budget, hence this loop; the result is the same :class:`~metalib.search.SearchResult`.
+    (since the start), ``within_budget``; ``best`` is ``{"arch", "init_seed"}``. :func:`metalib.single_task.search.random_search`
+    has no time budget, hence this loop; the result is the same :class:`~metalib.single_task.search.SearchResult`.
     """
     if (n_trials is None and budget_s is None) or (budget_s is not None and not budget_s > 0):
         raise ArgumentError(f"give n_trials, budget_s > 0 or both, got {n_trials}, {budget_s}")

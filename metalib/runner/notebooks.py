@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..metrics import METRICS_ENV, _format_value, load_metrics
+from ..metrics import METRICS_ENV, format_value, load_metrics
 from ..outputs import sweep_dead_writers
 from .kernels import KernelChoice, kernel_manager_class, python_literal_translator, resolve_kernel
 from .params import (NotebookFormatError, find_parameters_cell, notebook_parameters, parse_parameters,
@@ -247,7 +247,7 @@ def run_notebooks(paths: Sequence[Path], output_dir: str | Path, *, profile: str
 
 
 def _metrics_text(metrics: Mapping[str, Mapping[str, Any]], limit: int = 100) -> str:
-    text = ", ".join(f"{name}={_format_value(m.get('value'))}" for name, m in metrics.items())
+    text = ", ".join(f"{name}={format_value(m.get('value'))}" for name, m in metrics.items())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -23,7 +23,7 @@ straight into a ``torch.optim`` optimiser; entries with ``requires_grad=False`` 
   :func:`meta_fit` runs Adam on ``w`` with it (Maclaurin et al., 2015; Franceschi et al., 2017).
 * :func:`hypergradient_descent` adapts the learning rate *online*, within a single run, from the dot
   product of successive gradients (Almeida et al., 1998; Baydin et al., 2018).
-* tuning by trial and error, the AutoML baseline these are compared with, is :mod:`metalib.search`.
+* tuning by trial and error, the AutoML baseline these are compared with, is :mod:`metalib.single_task.search`.
 
 Everything is functional (``torch.func.functional_call``): the model's own weights are never modified.
 """
@@ -37,21 +37,17 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from .inner import sgd_step
-from .types import Params
+from ..inner import sgd_step
+from ..params import Params
+from .examples import Data, Examples, LossFn, data_at, loss_on
 
 __all__ = [
-    "Hyper", "Data", "make_hyper", "split_episode", "classification_scores", "hyper_values", "learning_rates", "initial_params",
-    "unrolled_train", "train", "loss_on", "hypergradient", "meta_fit", "hypergradient_descent",
+    "Hyper", "make_hyper", "hyper_values", "learning_rates", "initial_params", "unrolled_train", "train", "hypergradient",
+    "meta_fit", "hypergradient_descent",
 ]
 
 Hyper = dict[str, Tensor]
-Batch = tuple[Tensor, Tensor]
-#: Training data: one fixed ``(x, y)`` batch (full-batch GD) or ``step -> (x, y)`` (minibatch SGD).
-Data = Batch | Callable[[int], Batch]
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 LR, WD, LR_PREFIX, INIT_PREFIX = "log_lr", "log_wd", "log_lr/", "init/"
 
@@ -136,43 +132,6 @@ def _as_hyper(lr: float | Tensor, weight_decay: float | Tensor) -> Hyper:
 
 # ------------------------------------------------------------------------------------------------- training
 
-def loss_on(model: nn.Module, params: Mapping[str, Tensor], batch: Batch, loss_fn: LossFn = F.mse_loss) -> Tensor:
-    """``loss_fn(model(x), y)`` with ``params`` substituted for the model's weights."""
-    x, y = batch
-    return loss_fn(functional_call(model, dict(params), (x,)), y)
-
-
-def split_episode(task, pool: int = 1) -> tuple[Batch, Batch, Batch]:
-    """One classification episode (a ``TaskBatch`` of one task) as a single-task problem: the support set is
-    the training data, the query set is halved per class into validation and test data. Images are
-    average-pooled by ``pool``, flattened, and standardised with the training set's statistics."""
-    def flat(x: Tensor) -> Tensor:
-        return F.avg_pool2d(x, pool).flatten(1)
-    x_tr, y_tr = flat(task.support_x[0]), task.support_y[0]
-    mean, std = x_tr.mean(0), x_tr.std(0) + 0.1
-    x_q, y_q = (flat(task.query_x[0]) - mean) / std, task.query_y[0]
-    ways = int(y_tr.max()) + 1
-    idx = torch.arange(len(y_q), device=y_q.device).view(ways, -1)  # queries are grouped by class
-    half = idx.shape[1] // 2
-    val_idx, test_idx = idx[:, :half].flatten(), idx[:, half:].flatten()
-    return ((x_tr - mean) / std, y_tr), (x_q[val_idx], y_q[val_idx]), (x_q[test_idx], y_q[test_idx])
-
-
-def classification_scores(model: nn.Module, params: Mapping[str, Tensor], data: Mapping[str, Batch]) -> dict[str, float]:
-    """``{name}_loss`` (cross-entropy) and ``{name}_acc`` of trained ``params`` on each named batch."""
-    out = {}
-    with torch.no_grad():
-        for name, (x, y) in data.items():
-            logits = functional_call(model, dict(params), (x,))
-            out[f"{name}_loss"] = F.cross_entropy(logits, y).item()
-            out[f"{name}_acc"] = (logits.argmax(-1) == y).float().mean().item()
-    return out
-
-
-def _batch(data: Data, step: int) -> Batch:
-    return data(step) if callable(data) else data
-
-
 def _descend(model: nn.Module, theta: Params, hyper: Mapping[str, Tensor], data: Data, steps: int, loss_fn: LossFn,
              create_graph: bool, differentiable: bool, losses: list[float] | None) -> Params:
     """The one training loop of this module: ``theta <- theta - lr_t * (grad + wd * theta)`` with the inner
@@ -184,7 +143,7 @@ def _descend(model: nn.Module, theta: Params, hyper: Mapping[str, Tensor], data:
     for t in range(steps):
         with torch.enable_grad():
             theta = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in theta.items()}
-            loss = loss_on(model, theta, _batch(data, t), loss_fn)
+            loss = loss_on(model, theta, data_at(data, t), loss_fn)
             grads = torch.autograd.grad(loss, list(theta.values()), create_graph=create_graph and differentiable)
         if losses is not None:
             losses.append(loss.item())
@@ -230,7 +189,7 @@ def train(model: nn.Module, params: Mapping[str, Tensor], data: Data, steps: int
 # ------------------------------------------------------------------------------------ learning by gradient
 
 def hypergradient(model: nn.Module, params: Mapping[str, Tensor], hyper: Mapping[str, Tensor], train_data: Data,
-                  val_data: Batch, steps: int, *, loss_fn: LossFn = F.mse_loss,
+                  val_data: Examples, steps: int, *, loss_fn: LossFn = F.mse_loss,
                   create_graph: bool = True) -> tuple[float, dict[str, Tensor]]:
     """``L_val(theta_T(w))`` and its gradient w.r.t. every hyperparameter with ``requires_grad``.
 
@@ -243,7 +202,7 @@ def hypergradient(model: nn.Module, params: Mapping[str, Tensor], hyper: Mapping
 
 
 def _hypergradient(model: nn.Module, params: Mapping[str, Tensor], hyper: Mapping[str, Tensor], train_data: Data,
-                   val_data: Batch, steps: int, loss_fn: LossFn,
+                   val_data: Examples, steps: int, loss_fn: LossFn,
                    create_graph: bool) -> tuple[float, dict[str, Tensor], Params]:
     learned = {k: v for k, v in hyper.items() if v.requires_grad}
     if not learned:
@@ -255,7 +214,7 @@ def _hypergradient(model: nn.Module, params: Mapping[str, Tensor], hyper: Mappin
     return val.item(), grads, {k: v.detach() for k, v in theta.items()}
 
 
-def meta_fit(model: nn.Module, params: Mapping[str, Tensor], hyper: Hyper, train_data: Data, val_data: Batch,
+def meta_fit(model: nn.Module, params: Mapping[str, Tensor], hyper: Hyper, train_data: Data, val_data: Examples,
              steps: int, *, meta_steps: int, meta_lr: float = 0.05, loss_fn: LossFn = F.mse_loss,
              create_graph: bool = True, clip: float | None = 10.0,
              callback: Callable[[int, Hyper, Params], Mapping[str, Any]] | None = None) -> pd.DataFrame:
@@ -320,7 +279,7 @@ def hypergradient_descent(model: nn.Module, params: Mapping[str, Tensor], data: 
     for t in range(steps):
         theta = {k: v.requires_grad_() for k, v in theta.items()}
         with torch.enable_grad():
-            loss = loss_on(model, theta, _batch(data, t), loss_fn)
+            loss = loss_on(model, theta, data_at(data, t), loss_fn)
             grads = torch.autograd.grad(loss, list(theta.values()))
         g = torch.cat([gi.flatten() for gi in grads]).detach()
         if weight_decay:

@@ -1,4 +1,4 @@
-"""Reptile's inner minibatches (``InnerConfig.support_batches``), checked in float64.
+"""metalib.algorithms.reptile: Reptile's inner minibatches (``InnerConfig.support_batches``), checked in float64.
 
 Nichol et al. adapt on a *different* minibatch at every inner step: the inner products between the gradients
 of different minibatches are what Reptile's update adds to joint training. ``support_minibatch`` gives step
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 
 from metalib.algorithms import reptile
 from metalib.errors import ArgumentError
@@ -17,6 +15,7 @@ from metalib.inner import InnerConfig, adapt
 from metalib.inner.core import support_minibatch
 from metalib.models import conv4
 from metalib.tasks import TaskBatch
+from reference import naive_reptile_adapt
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -55,22 +54,6 @@ def test_more_minibatches_than_shots_is_refused():
         InnerConfig(support_batches=0)
 
 
-def naive_reptile_adapt(model, batch, *, steps, lr, n):
-    """Per task: step i takes SGD on the examples whose rank within their class is i mod n."""
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    out = []
-    for sx, sy in zip(batch.support_x, batch.support_y):
-        rank = torch.tensor([int((sy[:j] == sy[j]).sum()) for j in range(len(sy))])
-        fast = {k: v.clone().requires_grad_() for k, v in params.items()}
-        for i in range(steps):
-            keep = rank % n == i % n
-            loss = F.cross_entropy(functional_call(model, fast, (sx[keep],)), sy[keep])
-            grads = torch.autograd.grad(loss, list(fast.values()))
-            fast = {k: (w - lr * g).detach().requires_grad_() for (k, w), g in zip(fast.items(), grads)}
-        out.append(fast)
-    return {k: torch.stack([f[k].detach() for f in out]) for k in params}
-
-
 @pytest.mark.parametrize("strategy", ["batched", "loop", "threads"])
 def test_reptile_with_minibatches_adapts_like_a_naive_loop(strategy):
     model = conv4(3, hidden=8, seed=1).double()
@@ -81,7 +64,7 @@ def test_reptile_with_minibatches_adapts_like_a_naive_loop(strategy):
     want = naive_reptile_adapt(model, batch, steps=3, lr=0.3, n=2)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12)
-    whole = adapt(model, params, batch, InnerConfig(3, 0.3, True))
+    whole = adapt(model, params, batch, InnerConfig(steps=3, lr=0.3, first_order=True))
     assert (got["head.weight"] - whole["head.weight"]).abs().max() > 1e-6  # the minibatches change the result
 
 
@@ -104,7 +87,8 @@ def test_vmap_engine_refuses_minibatches_with_a_clear_error():
 
 
 def test_train_cli_checks_inner_batches_before_training():
-    from metalib.train_cli import build_learner, parse_args, run_settings
+    from metalib.train_cli import parse_args
+    from metalib.training_run import build_learner, run_settings
     _, a = parse_args(["--algorithm", "reptile", "--shots", "5", "--inner-batches", "5"])
     assert build_learner(a, torch.device("cpu")).inner.support_batches == 5
     assert run_settings(a)["inner_batches"] == 5 and "inner_batches" not in run_settings(parse_args([])[1])

@@ -1,0 +1,166 @@
+"""A training run from parsed ``train_cli`` options: samplers, learner, optimiser and schedule, the settings
+that define the run (stored in its checkpoint), its outputs checked before the first step, then training and the
+final evaluation. :mod:`metalib.train_cli` parses and checks the options; this module runs them."""
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+import torch
+
+from .algorithms import MetaLearner, learner_spec
+from .algorithms import build_learner as build_registered
+from .checkpoints import check_writable, snapshot_dir
+from .distributed import DistContext, distributed_evaluate, distributed_meta_train, init_distributed, prepare_once, \
+    shutdown_distributed
+from .errors import UserError
+from .outputs import check_distinct, lock_path, write_atomic
+from .tasks import EpisodeSampler, SinusoidTasks
+from .train import make_optimizer
+
+__all__ = ["RUN_OPTIONS", "PROBLEMS", "run_settings", "build_learner", "check_outputs", "samplers", "train_run"]
+
+# the options that define a training run: resuming a checkpoint with any of them changed is refused
+# (--steps only with the cosine schedule, which it shapes; otherwise a longer run continues the same run)
+RUN_OPTIONS = ("algorithm", "dataset", "ways", "shots", "queries", "protocol", "hidden", "inner_lr", "inner_steps",
+               "optimizer", "outer_lr", "lr_schedule", "lr_min", "lr_step_size", "lr_gamma", "meta_batch", "seed")
+
+PROBLEMS = {"omniglot": "classification", "sinusoid": "regression"}  # each dataset's tasks
+_SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}  # each split's task stream has its own seed
+
+
+
+def run_settings(a: argparse.Namespace, learner: MetaLearner | None = None,
+                 optimizer: torch.optim.Optimizer | None = None) -> dict[str, object]:
+    """The options that define the run (stored in the checkpoint and compared on resume).
+
+    With the built ``learner`` and ``optimizer``, options left to their defaults are stored as the values they
+    resolved to, and ``_defaults`` records those values, so ``--inner-lr 0.4`` where 0.4 is the default is the
+    same run, and so is an older checkpoint that recorded the default as ``None``."""
+    settings = {k: getattr(a, k) for k in RUN_OPTIONS}
+    if a.lr_schedule == "cosine":
+        settings["steps"] = a.steps
+    if a.train_split != "train":  # only where it is set, so earlier checkpoints keep their settings
+        settings["train_split"] = a.train_split
+    spec = learner_spec(a.algorithm)
+    # the algorithm's own settings (inner_lr/inner_steps are RUN_OPTIONS): recorded where they exist
+    settings.update({k: v for k, v in a.learner_settings.as_dict().items() if k not in RUN_OPTIONS})
+    if a.learner_settings.length_shapes_run():  # e.g. MAML++'s schedules: shares of --steps
+        settings["steps"] = a.steps
+    if learner is not None and optimizer is not None:
+        inner = getattr(learner, "inner", None)  # the inner loop's settings, where the learner has one
+        used = {"queries": 10 if a.dataset == "sinusoid" else 15, "optimizer": type(optimizer).__name__.lower(),
+                "outer_lr": optimizer.defaults["lr"]}
+        if inner is not None and spec.inner_loop:
+            used.update(inner_lr=inner.lr, inner_steps=inner.steps)
+        settings.update({k: v for k, v in used.items() if settings[k] is None})
+        settings["_defaults"] = _defaults(a, learner)
+    return settings
+
+
+def _defaults(a: argparse.Namespace, learner: MetaLearner) -> dict[str, object]:
+    """What the options that can be left unset resolve to when they are: an earlier checkpoint that recorded such
+    an option as None (or did not record a setting added since) ran with this value."""
+    optimizer = make_optimizer(learner)  # the learner's own default (Adam 1e-3; SGD 1.0 for Reptile)
+    return {"queries": 10 if a.dataset == "sinusoid" else 15, "optimizer": type(optimizer).__name__.lower(),
+            "outer_lr": optimizer.defaults["lr"], **learner_spec(a.algorithm).settings.defaults(PROBLEMS[a.dataset])}
+
+
+def _scheduler(a: argparse.Namespace, optimizer: torch.optim.Optimizer):
+    if a.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=a.steps, eta_min=a.lr_min)
+    if a.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=a.lr_step_size, gamma=a.lr_gamma)
+    return None
+
+
+def samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
+    """Train/val/test task samplers; Omniglot is prepared by rank 0 while the others wait."""
+    dev = ctx.device
+    if a.dataset == "sinusoid":
+        queries = 10 if a.queries is None else a.queries
+        return {s: SinusoidTasks(a.shots, queries if s == "train" else (a.eval_queries or queries), seed=a.seed + off,
+                                 device=dev) for s, off in _SEED_OFFSETS.items()}
+    from .data import omniglot_splits
+
+    wanted = ("train", "val", "test") if a.val_tasks > 0 else ("train", "test")
+    read = [a.train_split if s == "train" else s for s in wanted]
+    loaded = prepare_once(lambda: omniglot_splits(a.protocol, splits=read, data_dir=a.data_dir), ctx)
+    splits = {s: loaded[r] for s, r in zip(wanted, read)}
+    queries = 15 if a.queries is None else a.queries
+    ways, shots = a.eval_ways or a.ways, a.eval_shots or a.shots
+    eval_queries = a.eval_queries or queries
+    return {s: EpisodeSampler(splits[s], a.ways, a.shots, queries, seed=a.seed + _SEED_OFFSETS[s], device=dev)
+            if s == "train" else
+            EpisodeSampler(splits[s], ways, shots, eval_queries, seed=a.seed + _SEED_OFFSETS[s], device=dev)
+            for s in wanted}
+
+
+def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
+    """The learner (model included, seeded) that the parsed options describe."""
+    return build_registered(a.algorithm, a.learner_settings, problem=PROBLEMS[a.dataset], ways=a.ways,
+                            eval_ways=a.eval_ways, hidden=a.hidden, seed=a.seed, device=device)
+
+
+def check_outputs(a: argparse.Namespace) -> None:
+    """Every output path is checked before the first step (a failed final save would lose the run): writable,
+    and no two outputs at one path (a history CSV written over the checkpoint would lose the run)."""
+    if a.snapshot_every and not a.checkpoint:
+        raise UserError("--snapshot-every keeps snapshots next to the checkpoint: pass --checkpoint too")
+    if a.checkpoint:
+        check_writable(a.checkpoint, "checkpoint")
+    check_distinct({"--checkpoint": a.checkpoint, "--history-csv": a.history_csv,  # before a check creates a folder
+                    "snapshot folder (<checkpoint>.snapshots)": snapshot_dir(a.checkpoint) if a.checkpoint else None,
+                    "checkpoint's lock (<checkpoint>.lock)": lock_path(a.checkpoint) if a.checkpoint else None})
+    if a.history_csv:
+        check_writable(a.history_csv, "history CSV")
+    if a.checkpoint and a.snapshot_every:
+        check_writable(snapshot_dir(a.checkpoint) / "step0000000.pt", "snapshot")
+
+
+def _history_line(row: dict) -> str:
+    """One history row as a log line (``--no-progress``: a redirected log still shows how the run goes)."""
+    fields = [f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_")) and k != "val_ci95"]
+    if "val_ci95" in row:
+        fields[-1] += f" +/- {row['val_ci95']:.4f}"
+    return f"step {row['step']}: " + ", ".join(fields) + f"; {row['time_s'] / 60:.1f} min of training"
+
+
+def train_run(a: argparse.Namespace, evaluate_after: bool) -> tuple[MetaLearner, pd.DataFrame]:
+    check_outputs(a)
+    ctx = init_distributed(a.backend, timeout=a.timeout, device=a.device)
+    try:
+        if ctx.world_size > 1 and a.meta_batch % ctx.world_size:
+            # fail before any data preparation, on every rank alike
+            raise UserError(f"--meta-batch {a.meta_batch} is not a multiple of the {ctx.world_size} "
+                            f"processes; each must draw the same number of tasks")
+        say = print if ctx.is_main else (lambda *_, **__: None)
+        samplers_ = samplers(a, ctx)
+        learner = build_learner(a, ctx.device)
+        optimizer = make_optimizer(learner, a.optimizer, a.outer_lr)
+        scheduler = _scheduler(a, optimizer)
+        say(f"{learner.name} on {a.dataset}: {ctx.world_size} process(es), backend={ctx.backend or 'none'}, "
+            f"device={ctx.device}, meta-batch {a.meta_batch} ({a.meta_batch // ctx.world_size} per process)",
+            flush=True)
+        if getattr(a, "default_checkpoint", False):
+            say(f"checkpoint: {a.checkpoint} (the default for --recipe {a.recipe}; pass --checkpoint to choose)",
+                flush=True)
+        val = samplers_.get("val") if a.val_tasks > 0 else None
+        history = distributed_meta_train(
+            learner, samplers_["train"], steps=a.steps, meta_batch=a.meta_batch, optimizer=optimizer, ctx=ctx,
+            scheduler=scheduler, snapshot_every=a.snapshot_every or None, run_settings=run_settings(a, learner, optimizer),
+            val_sampler=val, val_every=a.val_every, val_tasks=a.val_tasks, val_steps=a.eval_steps,
+            checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=not a.no_resume,
+            time_budget=a.time_budget, progress=a.progress,
+            on_row=None if a.progress else (lambda row: say(_history_line(row), flush=True)))
+        if evaluate_after:
+            say(history.to_string(index=False), flush=True)
+        if a.history_csv and ctx.is_main:
+            write_atomic(a.history_csv, history.to_csv(index=False), "history CSV")
+        if evaluate_after and a.eval_tasks > 0:
+            result = distributed_evaluate(learner, samplers_["test"], n_tasks=a.eval_tasks, steps=a.eval_steps,
+                                          ctx=ctx, progress=a.progress, batchnorm=a.eval_batchnorm)
+            say(f"test {result}", flush=True)
+    finally:
+        shutdown_distributed()
+    return learner, history
