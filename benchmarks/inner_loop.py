@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import PEER_ERRORS, PEER_VERSIONS, PEERS, meta_gradient_naive  # noqa: E402
 
-from metalib import EpisodeSampler, conv4, resolve_device
+from metalib import EpisodeSampler, conv4, resolve_device  # noqa: E402
 from metalib.algorithms import maml  # noqa: E402
 from metalib.inner import resolve_strategy  # noqa: E402
 from metalib.profiling import cpu_name  # noqa: E402

@@ -30,7 +30,7 @@ from .errors import UserError
 from .inner import BATCHNORM_MODES
 from .recipes import RECIPES, get_recipe
 from .train import TrainingInterrupted
-from .training_run import PROBLEMS, train_run
+from .training_run import DATASET_PROBLEMS, train_run
 
 __all__ = ["build_parser", "learner_options", "parse_args", "main", "run", "train_recipe"]
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from a named training recipe (metalib.recipes); other options override its fields")
     g = p.add_argument_group("problem")
     g.add_argument("--algorithm", choices=sorted(REGISTRY), default="maml", help="meta-learning algorithm")
-    g.add_argument("--dataset", choices=sorted(PROBLEMS), default="omniglot",
+    g.add_argument("--dataset", choices=sorted(DATASET_PROBLEMS), default="omniglot",
                    help="omniglot: N-way K-shot classification with conv4; sinusoid: regression with an MLP")
     g.add_argument("--ways", type=int, default=None, help="classes per episode (omniglot; default 5)")
     g.add_argument("--shots", type=int, default=1, help="support examples per class (sinusoid: per task)")
@@ -203,7 +203,7 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 def _learner_settings(p: argparse.ArgumentParser, a: argparse.Namespace, recipe_note: str) -> Settings:
     """The algorithm's settings from its options (the others refused), checked against the dataset's tasks; the
     namespace then holds the values they resolved to."""
-    spec, problem = learner_spec(a.algorithm), PROBLEMS[a.dataset]
+    spec, problem = learner_spec(a.algorithm), DATASET_PROBLEMS[a.dataset]
     own = spec.settings.options()
     for name, (_, owners) in learner_options().items():
         if getattr(a, name) is not None and name not in own:
@@ -214,7 +214,7 @@ def _learner_settings(p: argparse.ArgumentParser, a: argparse.Namespace, recipe_
         p.error(f"{_flag(name)} {why}")
     why = spec.check_problem(problem)
     if why:
-        p.error(f"{why}: use --dataset {next(d for d, q in PROBLEMS.items() if q in spec.problems)}")
+        p.error(f"{why}: use --dataset {next(d for d, q in DATASET_PROBLEMS.items() if q in spec.problems)}")
     settings = spec.settings.resolve(given, problem)
     why = settings.check_task(problem, a.shots)
     if why:

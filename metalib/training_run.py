@@ -18,14 +18,15 @@ from .outputs import check_distinct, lock_path, write_atomic
 from .tasks import EpisodeSampler, SinusoidTasks
 from .train import make_optimizer
 
-__all__ = ["RUN_OPTIONS", "PROBLEMS", "run_settings", "build_learner", "check_outputs", "samplers", "train_run"]
+__all__ = ["RUN_OPTIONS", "DATASET_PROBLEMS", "run_settings", "learner_from_options", "check_outputs", "samplers",
+           "train_run"]
 
 # the options that define a training run: resuming a checkpoint with any of them changed is refused
 # (--steps only with the cosine schedule, which it shapes; otherwise a longer run continues the same run)
 RUN_OPTIONS = ("algorithm", "dataset", "ways", "shots", "queries", "protocol", "hidden", "inner_lr", "inner_steps",
                "optimizer", "outer_lr", "lr_schedule", "lr_min", "lr_step_size", "lr_gamma", "meta_batch", "seed")
 
-PROBLEMS = {"omniglot": "classification", "sinusoid": "regression"}  # each dataset's tasks
+DATASET_PROBLEMS = {"omniglot": "classification", "sinusoid": "regression"}  # each dataset's tasks
 _SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}  # each split's task stream has its own seed
 
 
@@ -62,8 +63,9 @@ def _defaults(a: argparse.Namespace, learner: MetaLearner) -> dict[str, object]:
     """What the options that can be left unset resolve to when they are: an earlier checkpoint that recorded such
     an option as None (or did not record a setting added since) ran with this value."""
     optimizer = make_optimizer(learner)  # the learner's own default (Adam 1e-3; SGD 1.0 for Reptile)
+    settings = learner_spec(a.algorithm).settings.defaults(DATASET_PROBLEMS[a.dataset])
     return {"queries": 10 if a.dataset == "sinusoid" else 15, "optimizer": type(optimizer).__name__.lower(),
-            "outer_lr": optimizer.defaults["lr"], **learner_spec(a.algorithm).settings.defaults(PROBLEMS[a.dataset])}
+            "outer_lr": optimizer.defaults["lr"], **settings}
 
 
 def _scheduler(a: argparse.Namespace, optimizer: torch.optim.Optimizer):
@@ -96,9 +98,9 @@ def samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
             for s in wanted}
 
 
-def build_learner(a: argparse.Namespace, device: torch.device) -> MetaLearner:
+def learner_from_options(a: argparse.Namespace, device: torch.device) -> MetaLearner:
     """The learner (model included, seeded) that the parsed options describe."""
-    return build_registered(a.algorithm, a.learner_settings, problem=PROBLEMS[a.dataset], ways=a.ways,
+    return build_registered(a.algorithm, a.learner_settings, problem=DATASET_PROBLEMS[a.dataset], ways=a.ways,
                             eval_ways=a.eval_ways, hidden=a.hidden, seed=a.seed, device=device)
 
 
@@ -136,7 +138,7 @@ def train_run(a: argparse.Namespace, evaluate_after: bool) -> tuple[MetaLearner,
                             f"processes; each must draw the same number of tasks")
         say = print if ctx.is_main else (lambda *_, **__: None)
         samplers_ = samplers(a, ctx)
-        learner = build_learner(a, ctx.device)
+        learner = learner_from_options(a, ctx.device)
         optimizer = make_optimizer(learner, a.optimizer, a.outer_lr)
         scheduler = _scheduler(a, optimizer)
         say(f"{learner.name} on {a.dataset}: {ctx.world_size} process(es), backend={ctx.backend or 'none'}, "

@@ -82,12 +82,12 @@ def test_attention_learner_is_invariant_to_the_support_order_equivariant_in_quer
 
 def test_train_cli_builds_the_black_box_learners():
     from metalib.train_cli import parse_args
-    from metalib.training_run import build_learner
+    from metalib.training_run import learner_from_options
 
     _, a = parse_args(["--algorithm", "cnp", "--dataset", "sinusoid", "--shots", "10"])
-    assert build_learner(a, torch.device("cpu")).name == "cnp"
+    assert learner_from_options(a, torch.device("cpu")).name == "cnp"
     _, a = parse_args(["--algorithm", "attention", "--ways", "5", "--eval-ways", "20"])
-    learner = build_learner(a, torch.device("cpu"))
+    learner = learner_from_options(a, torch.device("cpu"))
     assert learner.name == "attention" and learner.ways == 20
     for bad in (["--algorithm", "cnp"], ["--algorithm", "attention", "--dataset", "sinusoid"]):
         with pytest.raises(SystemExit):

@@ -86,9 +86,9 @@ def test_train_cli_and_recipes_carry_zero_head():
     from metalib.algorithms.gradient import MAMLSettings
     from metalib.recipes import Recipe
     from metalib.train_cli import parse_args
-    from metalib.training_run import build_learner, run_settings
+    from metalib.training_run import learner_from_options, run_settings
     _, a = parse_args(["--algorithm", "fomaml", "--zero-head"])
-    assert build_learner(a, torch.device("cpu")).inner.head_init == "zeros"
+    assert learner_from_options(a, torch.device("cpu")).inner.head_init == "zeros"
     assert run_settings(a)["zero_head"] is True and run_settings(parse_args([])[1])["zero_head"] is False
     for bad in (["--algorithm", "reptile", "--zero-head"], ["--algorithm", "protonet", "--zero-head"],
                 ["--dataset", "sinusoid", "--zero-head"]):

@@ -100,10 +100,10 @@ def test_batched_cg_solves_each_task_and_the_proximal_term_pulls_towards_the_sta
 
 def test_train_cli_builds_imaml_with_its_settings():
     from metalib.train_cli import parse_args
-    from metalib.training_run import build_learner, run_settings
+    from metalib.training_run import learner_from_options, run_settings
 
     _, a = parse_args(["--algorithm", "imaml", "--proximal", "0.5", "--cg-steps", "3", "--inner-steps", "4"])
-    learner = build_learner(a, torch.device("cpu"))
+    learner = learner_from_options(a, torch.device("cpu"))
     assert (learner.name, learner.inner.proximal, learner.cg_steps, learner.inner.steps) == ("imaml", 0.5, 3, 4)
     assert run_settings(a)["proximal"] == 0.5 and "proximal" not in run_settings(parse_args([])[1])
 

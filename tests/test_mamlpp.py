@@ -152,13 +152,13 @@ def test_protomaml_starts_as_the_protonet_of_the_support_set():
 
 def test_train_cli_builds_mamlpp_and_protomaml_with_their_settings():
     from metalib.train_cli import parse_args
-    from metalib.training_run import build_learner, run_settings
+    from metalib.training_run import learner_from_options, run_settings
     _, a = parse_args(["--algorithm", "mamlpp", "--inner-steps", "3", "--msl-steps", "50", "--first-order-steps", "20"])
-    learner = build_learner(a, torch.device("cpu"))
+    learner = learner_from_options(a, torch.device("cpu"))
     assert (learner.name, learner.inner.steps, learner.msl_steps, learner.first_order_steps) == ("mamlpp", 3, 50, 20)
     assert run_settings(a)["msl_steps"] == 50 and "msl_steps" not in run_settings(parse_args([])[1])
     _, a = parse_args(["--algorithm", "protomaml"])
-    assert build_learner(a, torch.device("cpu")).inner.head_init == "prototypes"
+    assert learner_from_options(a, torch.device("cpu")).inner.head_init == "prototypes"
     with pytest.raises(SystemExit):
         parse_args(["--algorithm", "maml", "--msl-steps", "5"])
 

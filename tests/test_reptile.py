@@ -88,9 +88,9 @@ def test_vmap_engine_refuses_minibatches_with_a_clear_error():
 
 def test_train_cli_checks_inner_batches_before_training():
     from metalib.train_cli import parse_args
-    from metalib.training_run import build_learner, run_settings
+    from metalib.training_run import learner_from_options, run_settings
     _, a = parse_args(["--algorithm", "reptile", "--shots", "5", "--inner-batches", "5"])
-    assert build_learner(a, torch.device("cpu")).inner.support_batches == 5
+    assert learner_from_options(a, torch.device("cpu")).inner.support_batches == 5
     assert run_settings(a)["inner_batches"] == 5 and "inner_batches" not in run_settings(parse_args([])[1])
     for bad in (["--algorithm", "maml", "--inner-batches", "2"], ["--algorithm", "reptile", "--inner-batches", "3"]):
         with pytest.raises(SystemExit):

@@ -81,10 +81,10 @@ def test_r2d2_learns_a_synthetic_task_family_and_rejects_bad_settings(pattern_im
 
 def test_train_cli_builds_r2d2_on_an_embedding():
     from metalib.train_cli import parse_args
-    from metalib.training_run import build_learner
+    from metalib.training_run import learner_from_options
 
     _, a = parse_args(["--algorithm", "r2d2", "--ways", "5"])
-    learner = build_learner(a, torch.device("cpu"))
+    learner = learner_from_options(a, torch.device("cpu"))
     assert learner.name == "r2d2" and not any(k.startswith("model.head") for k in learner.state_dict())
     with pytest.raises(SystemExit):
         parse_args(["--algorithm", "r2d2", "--inner-lr", "0.1"])

@@ -10,7 +10,7 @@ from ..algorithms import make_learner
 from ..evaluate import evaluate
 from ..tasks import SinusoidTasks
 
-__all__ = ["verify_03_1", "verify_03_2"]
+__all__ = ["verify_03_1", "verify_03_2", "verify_03_3"]
 
 
 def verify_03_1(lr: float, *, model: nn.Module, sampler: SinusoidTasks, n_tasks: int) -> tuple[bool, str]:
@@ -29,3 +29,8 @@ def verify_03_2(value: float, *, model: nn.Module, sampler: SinusoidTasks, n_tas
                      steps=10, batch_size=n_tasks).mean for a in (0.001, 0.003, 0.01, 0.02, 0.03)]
     best = min(m for m in mses if math.isfinite(m))
     return abs(value - best) <= 0.05 * best, "not the lowest 10-step MSE over those step sizes"
+
+
+def verify_03_3(mse: float) -> tuple[bool, str]:
+    """The MSE of the mean function of sinusoids with phases in [0, 2 pi] (about 4.2)."""
+    return 3.9 <= mse <= 4.6, f"{mse:.2f} is not the MSE of the mean of those curves"

@@ -27,7 +27,7 @@ from ..recipes import get_recipe
 from ..tasks import EpisodeSampler
 from ..train import make_optimizer
 from ..train_cli import parse_args
-from ..training_run import build_learner, run_settings
+from ..training_run import learner_from_options, run_settings
 from ..outputs import torch_save_atomic, write_atomic
 from . import ZOO, file_sha256
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     _, args = parse_args(argv_run)
     state = load_checkpoint(a.checkpoint)
     try:  # the checkpoint must be a run of this recipe
-        learner = build_learner(args, torch.device("cpu"))
+        learner = learner_from_options(args, torch.device("cpu"))
         check_same_run(a.checkpoint, state.get("run_settings"),
                        run_settings(args, learner, make_optimizer(learner, args.optimizer, args.outer_lr)))
     except ValueError as exc:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     curve = []
     ways, shots = recipe.tests[0]
     sampler = zoo_test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed)
-    probe = build_learner(args, torch.device("cpu"))
+    probe = learner_from_options(args, torch.device("cpu"))
     for step, snap in load_snapshots(a.checkpoint).items():
         probe.load_state_dict(snap["learner"])
         r = evaluate(probe, sampler, n_tasks=a.curve_tasks, steps=steps)

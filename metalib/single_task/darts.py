@@ -215,7 +215,7 @@ class Network(_CellNet):
 
 
 def split_images(task: Any, pool: int = 1) -> tuple[Examples, Examples, Examples]:
-    """:func:`metalib.single_task.hyper.split_episode` (support -> train, queries -> val + test, standardised per pixel) with
+    """:func:`metalib.single_task.examples.split_episode` (support -> train, queries -> val + test, standardised per pixel) with
     images kept as ``[N, C, H / pool, W / pool]`` for a conv net."""
     _, c, h, w = task.support_x[0].shape
     return tuple((x.view(-1, c, h // pool, w // pool), y) for x, y in split_episode(task, pool))  # type: ignore

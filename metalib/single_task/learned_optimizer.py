@@ -12,8 +12,8 @@ feature nearest 0.9, divided by the RMS); the MLP's last layer starts at zero an
 * :meth:`LearnedOptimizer.sgd` fixes the output to ``-lr * g``: the rule then reproduces
   :func:`metalib.single_task.hyper.train` exactly, a check of the plumbing.
 * :func:`meta_train_optimizer` learns ``w`` by truncated unrolled differentiation: unroll ``unroll`` steps of
-  the optimizee (functional parameters, :func:`metalib.single_task.hyper.loss_on`), backpropagate a meta-loss along the
-  unroll into ``w``, take an Adam step, continue the optimizee from where the truncation stopped (detached),
+  the optimizee (functional parameters, :func:`metalib.single_task.examples.loss_on`), backpropagate a meta-loss
+  along the unroll into ``w``, take an Adam step, continue the optimizee from where the truncation stopped (detached),
   and start a new optimizee (a new draw of a :data:`TaskFamily`) every ``horizon`` steps.
 * :func:`run_optimizer` trains an optimizee without a graph, with the learned rule or any ``torch.optim``
   optimiser, and returns the loss curve: the comparison with SGD and Adam (tuned by
