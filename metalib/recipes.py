@@ -170,7 +170,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                "first-order meta-gradients for the first third, Adam 1e-3 cosine-annealed to 1e-5, and the same 5 "
                "steps at test. Meta-batch 8 and 5 queries per class (as the MAML recipe); 3600 outer steps (the "
                "paper: 150 epochs of 500) so that the run fits about 100 minutes on one core of 2 (1.2 s per "
-               "first-order step, about 1.9 s per second-order one)."),
+               "first-order step, about 1.9 s per second-order one). 97.65% at 5-way 1-shot after 76.7 minutes on one "
+               "core shared with other work (validation still rising), against 99.47 published."),
     Recipe("metasgd-omniglot-5w1s", "metasgd", ways=5, shots=1, queries=5, steps=3000, meta_batch=32, outer_lr=1e-3,
            lr_schedule="cosine", lr_min=1e-5, eval_steps=1,
            learner=MAMLSettings(inner_lr=0.4, inner_steps=1),
