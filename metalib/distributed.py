@@ -148,9 +148,16 @@ def init_distributed(backend: str | None = None, *, timeout: float | timedelta =
     return DistContext(rank, world, local_rank, dev, backend)
 
 
-def shutdown_distributed() -> None:
-    """Destroy the process group, if any (safe to call in a ``finally``)."""
+def shutdown_distributed(synchronize: bool = False) -> None:
+    """Destroy the process group, if any (safe to call in a ``finally``). ``synchronize``: first wait until every
+    rank is here (the end of a run that went well): a rank that exits while another still tears down its gloo
+    connections can abort the other at exit ("terminate called without an active exception", seen once in CI)."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize and dist.get_world_size() > 1:
+            try:
+                _barrier(current_context())
+            except Exception:  # a peer already gone: destroy anyway, the job's error is reported elsewhere
+                pass
         dist.destroy_process_group()
 
 

@@ -163,6 +163,7 @@ def train_run(a: argparse.Namespace, evaluate_after: bool) -> tuple[MetaLearner,
             result = distributed_evaluate(learner, samplers_["test"], n_tasks=a.eval_tasks, steps=a.eval_steps,
                                           ctx=ctx, progress=a.progress, batchnorm=a.eval_batchnorm)
             say(f"test {result}", flush=True)
+        shutdown_distributed(synchronize=True)  # every rank done before any tears down its connections
     finally:
         shutdown_distributed()
     return learner, history
