@@ -53,10 +53,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """Loaded on first use: ``viz`` (needs the notebook extras), ``pretrained`` (the zoo module), ``reproduce``
-    (retrains recipes through the command line's code path)."""
+    """Loaded on first use: ``viz`` (needs the notebook extras) and ``reproduce`` (retrains recipes through the
+    command line's code path)."""
     import importlib
-    if name in ("viz", "pretrained"):
+    if name == "viz":
         return importlib.import_module(f".{name}", __name__)
     if name == "reproduce":
         from .pretrained.export import reproduce

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +24,7 @@ import pandas as pd
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from .algorithms import REGISTRY, MetaLearner, Settings, learner_spec
+from .algorithms.registry import check_number
 from .distributed import DEFAULT_TIMEOUT_S
 from .errors import UserError
 from .inner import BATCHNORM_MODES
@@ -149,13 +149,9 @@ _MAX_SEED = 2 ** 62  # each split's stream adds an offset to the seed; torch tak
 def _finite(p: argparse.ArgumentParser, a: argparse.Namespace, name: str, low: float, *, above: bool = True,
             high: float | None = None) -> None:
     """``--name`` (if given) must be a finite number > ``low`` (``>=`` when ``above`` is false) and <= ``high``."""
-    value = getattr(a, name)
-    if value is None:
-        return
-    ok = math.isfinite(value) and (value > low if above else value >= low) and (high is None or value <= high)
-    if not ok:
-        rng = f"{'>' if above else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
-        p.error(f"--{name.replace('_', '-')} must be a finite number {rng}, got {value}")
+    why = check_number(getattr(a, name), low=low, strict=above, high=high, nullable=True)
+    if why:
+        p.error(f"{_flag(name)} {why}")
 
 
 def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import ArgumentError
 from ..models import conv4, mlp
 
-__all__ = ["Settings", "NoSettings", "setting", "LearnerSpec", "BuildContext", "register", "unregister", "REGISTRY",
+__all__ = ["Settings", "NoSettings", "setting", "check_number", "LearnerSpec", "BuildContext", "register", "unregister", "REGISTRY",
            "learner_spec", "make_learner", "build_learner", "build_model", "settings_for", "PROBLEMS"]
 
 PROBLEMS = ("classification", "regression")
@@ -49,8 +49,11 @@ def setting(default: Any, help: str, *, kind: type | None = None, low: float | N
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _check_value(kind: type, meta: Mapping[str, Any], value: Any, nullable: bool) -> str | None:
-    """Why ``value`` is not a valid value of the field (a phrase after its name), or None."""
+def check_number(value: Any, *, kind: type = float, low: float | None = None, strict: bool = False,
+                 high: float | None = None, nullable: bool = False) -> str | None:
+    """Why ``value`` is not a valid ``kind`` (int, float or bool) in the range (``> low`` if ``strict`` else
+    ``>= low``, ``<= high``), as a phrase to follow its name (``"must be a finite number > 0, got nan"``), or None.
+    The one range check of learner settings and of the command line's own numeric options."""
     if value is None:
         return None if nullable else "must be set, got None"
     if kind is bool:
@@ -61,7 +64,6 @@ def _check_value(kind: type, meta: Mapping[str, Any], value: Any, nullable: bool
         number = operator.index(value) if kind is int else float(value)
     except (TypeError, ValueError):
         return f"must be {'an integer' if kind is int else 'a number'}, got {value!r}"
-    low, high, strict = meta["low"], meta["high"], meta["strict"]
     ok = (kind is int or math.isfinite(number)) and (low is None or (number > low if strict else number >= low)) \
         and (high is None or number <= high)
     if ok:
@@ -99,7 +101,8 @@ class Settings:
         for k, v in values.items():
             if k in fields:
                 f = fields[k]
-                why = _check_value(f.metadata["kind"], f.metadata, v, nullable=f.default is None)
+                why = check_number(v, kind=f.metadata["kind"], low=f.metadata["low"], strict=f.metadata["strict"],
+                                   high=f.metadata["high"], nullable=f.default is None)
                 if why:
                     errors.append((k, why))
         return errors
@@ -113,7 +116,8 @@ class Settings:
     @classmethod
     def resolve(cls, given: Mapping[str, Any] | None = None, problem: str = "classification") -> "Settings":
         """The settings with ``given`` values and the defaults for ``problem`` elsewhere."""
-        errors = cls.check_values(given or {})
+        unknown = {k: v for k, v in (given or {}).items() if k not in cls.options()}
+        errors = cls.check_values(unknown)  # the known ones are checked when the settings are made
         if errors:
             raise ArgumentError(f"{cls.__name__}: " + "; ".join(f"{k} {why}" for k, why in errors))
         return cls(**{**cls.defaults(problem), **(given or {})})
