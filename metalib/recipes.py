@@ -44,7 +44,9 @@ class Recipe:
     optimizer: str = "adam"
     learner: Settings | None = None  # the algorithm's settings (None: its defaults)
     eval_steps: int | None = None  # test-time adaptation steps (None: the learner's training steps)
-    dataset: str = "omniglot"
+    dataset: str = "omniglot"      # omniglot, sinusoid or a benchmark (metalib.data.BENCHMARKS)
+    model: str = "conv4"           # image backbone: conv4 or resnet12
+    image_size: int | None = None  # None: the dataset's own
     hidden: int = 64               # conv4 channels
     train_split: str = "train"     # vinyals classes trained on: train, or trainval (the papers' 1200 characters)
     tests: tuple[tuple[int, int], ...] = ((5, 1),)  # (ways, shots) columns this model is evaluated on
@@ -85,6 +87,9 @@ class Recipe:
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        for k, default in (("model", "conv4"), ("image_size", None)):  # added since the zoo's manifests were written
+            if d[k] == default:
+                del d[k]
         d["learner"] = self.learner.as_dict()
         d["tests"] = [list(t) for t in self.tests]
         d["batchnorm"] = list(self.batchnorm)
@@ -248,6 +253,59 @@ RECIPES["maml-omniglot-5w1s-mb16"] = replace(
     why="maml-omniglot-5w1s with meta-batch 16 instead of Finn et al.'s 32 and 16000 cosine-annealed steps instead of "
         "8000: the same 256 000 training tasks in the same time (113 minutes on 2 idle cores), in twice the outer "
         "steps. 98.42% at 5-way 1-shot, against 98.25% for the 8000 steps of 32 (BENCHMARKS.md).")
+
+
+# The natural-image benchmarks: ready to run where the data and a GPU are; none has been run on this project's
+# 2-core CPU machines (no natural-image data can be downloaded there, and one ResNet-12 meta-step at 84x84 takes
+# seconds on a CPU: BENCHMARKS.md). Each says which paper's settings it follows and the figures to compare with.
+_NOT_RUN = " Not run here: no natural-image data on the project's machines (README, BENCHMARKS.md)."
+for _r in [
+    Recipe("protonet-miniimagenet-conv4-5w1s", "protonet", ways=30, shots=1, queries=15, steps=20000, meta_batch=1,
+           outer_lr=1e-3, lr_schedule="step", lr_step_size=2000, lr_gamma=0.5, dataset="mini-imagenet",
+           tests=((5, 1),), published={"5w1s": "49.42 +/- 0.78"},
+           why="Snell et al.'s mini-ImageNet training: conv4 (64 channels) at 84x84, 30-way 1-shot episodes with 15 "
+               "queries per class, Adam 1e-3 halved every 2000 episodes." + _NOT_RUN),
+    Recipe("protonet-miniimagenet-conv4-5w5s", "protonet", ways=20, shots=5, queries=15, steps=20000, meta_batch=1,
+           outer_lr=1e-3, lr_schedule="step", lr_step_size=2000, lr_gamma=0.5, dataset="mini-imagenet",
+           tests=((5, 5),), published={"5w5s": "68.20 +/- 0.66"},
+           why="Snell et al.'s 5-shot mini-ImageNet training: 20-way 5-shot episodes, 15 queries per class, Adam 1e-3 "
+               "halved every 2000 episodes." + _NOT_RUN),
+    Recipe("maml-miniimagenet-conv4-5w1s", "maml", ways=5, shots=1, queries=15, steps=60000, meta_batch=4,
+           outer_lr=1e-3, eval_steps=10, dataset="mini-imagenet", hidden=32, tests=((5, 1),),
+           learner=MAMLSettings(inner_lr=0.01, inner_steps=5), published={"5w1s": "48.70 +/- 1.84"},
+           why="Finn et al.'s mini-ImageNet settings: conv4 with 32 channels at 84x84, 5 inner steps at 0.01 (10 at "
+               "test), meta-batch 4, 15 queries per class, Adam 1e-3, 60 000 steps." + _NOT_RUN),
+    Recipe("maml-miniimagenet-conv4-5w5s", "maml", ways=5, shots=5, queries=15, steps=60000, meta_batch=2,
+           outer_lr=1e-3, eval_steps=10, dataset="mini-imagenet", hidden=32, tests=((5, 5),),
+           learner=MAMLSettings(inner_lr=0.01, inner_steps=5), published={"5w5s": "63.11 +/- 0.92"},
+           why="Finn et al.'s 5-shot mini-ImageNet settings (meta-batch 2)." + _NOT_RUN),
+    Recipe("protonet-miniimagenet-resnet12-5w1s", "protonet", ways=5, shots=1, queries=6, steps=60000, meta_batch=8,
+           outer_lr=1e-3, lr_schedule="cosine", lr_min=0.0, dataset="mini-imagenet", model="resnet12",
+           tests=((5, 1), (5, 5)), published={"5w1s": "59.25 +/- 0.64", "5w5s": "75.60 +/- 0.48"},
+           why="ProtoNets with ResNet-12 (64-160-320-640) as Lee et al.'s MetaOptNet table reports them: 5-way "
+               "episodes with 6 queries per class, meta-batch 8; Adam with a cosine schedule here, where Lee et al. "
+               "use SGD with Nesterov momentum and step decays." + _NOT_RUN),
+    Recipe("protonet-cifarfs-conv4-5w1s", "protonet", ways=30, shots=1, queries=15, steps=20000, meta_batch=1,
+           outer_lr=1e-3, lr_schedule="step", lr_step_size=2000, lr_gamma=0.5, dataset="cifar-fs",
+           tests=((5, 1), (5, 5)), published={"5w1s": "55.5 +/- 0.7", "5w5s": "72.0 +/- 0.6"},
+           why="Snell et al.'s ProtoNet training on CIFAR-FS at 32x32 (the figures are Bertinetto et al.'s for "
+               "ProtoNets on CIFAR-FS)." + _NOT_RUN),
+    Recipe("protonet-cifarfs-resnet12-5w1s", "protonet", ways=5, shots=1, queries=6, steps=60000, meta_batch=8,
+           outer_lr=1e-3, lr_schedule="cosine", lr_min=0.0, dataset="cifar-fs", model="resnet12",
+           tests=((5, 1), (5, 5)), published={"5w1s": "72.2 +/- 0.7", "5w5s": "83.5 +/- 0.5"},
+           why="ProtoNets with ResNet-12 on CIFAR-FS as Lee et al.'s MetaOptNet table reports them." + _NOT_RUN),
+    Recipe("maml-cifarfs-conv4-5w1s", "maml", ways=5, shots=1, queries=15, steps=60000, meta_batch=4,
+           outer_lr=1e-3, eval_steps=10, dataset="cifar-fs", hidden=32, tests=((5, 1),),
+           learner=MAMLSettings(inner_lr=0.01, inner_steps=5), published={"5w1s": "58.9 +/- 1.9"},
+           why="Finn et al.'s mini-ImageNet settings on CIFAR-FS (Bertinetto et al. report MAML there)." + _NOT_RUN),
+    Recipe("r2d2-cifarfs-conv4-5w1s", "r2d2", ways=16, shots=1, queries=15, steps=30000, meta_batch=8,
+           outer_lr=1e-3, lr_schedule="cosine", lr_min=0.0, dataset="cifar-fs", tests=((5, 1), (5, 5)),
+           published={"5w1s": "65.3 +/- 0.2", "5w5s": "79.4 +/- 0.1"},
+           why="R2D2 (ridge-regression head) trained on 16-way episodes as Bertinetto et al. do; conv4 with 64 "
+               "channels, where their figures come from a wider 4-layer net (96-192-384-512 channels), so expect "
+               "less." + _NOT_RUN),
+]:
+    RECIPES[_r.name] = _r
 
 
 def get_recipe(name: str) -> Recipe:

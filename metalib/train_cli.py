@@ -30,7 +30,9 @@ from .errors import UserError
 from .inner import BATCHNORM_MODES
 from .recipes import RECIPES, get_recipe
 from .train import TrainingInterrupted
-from .training_run import DATASET_PROBLEMS, train_run
+from .data import BENCHMARKS
+from .models import BACKBONES
+from .training_run import DATASET_PROBLEMS, dataset_problem, train_run
 
 __all__ = ["build_parser", "learner_options", "parse_args", "main", "run", "train_recipe"]
 
@@ -54,8 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from a named training recipe (metalib.recipes); other options override its fields")
     g = p.add_argument_group("problem")
     g.add_argument("--algorithm", choices=sorted(REGISTRY), default="maml", help="meta-learning algorithm")
-    g.add_argument("--dataset", choices=sorted(DATASET_PROBLEMS), default="omniglot",
-                   help="omniglot: N-way K-shot classification with conv4; sinusoid: regression with an MLP")
+    g.add_argument("--dataset", default="omniglot", metavar="NAME_OR_FOLDER",
+                   help="omniglot (N-way K-shot classification), sinusoid (regression with an MLP), a benchmark ("
+                        f"{', '.join(sorted(BENCHMARKS))}) or a folder of your own images with one sub-folder per class")
+    g.add_argument("--model", choices=BACKBONES, default="conv4", help="image backbone")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="images are resized to this side (default: the benchmark's own; 84 for a folder)")
+    g.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help="image folder: read images as grey (1) or RGB (3); default: as they are (mixed is an error)")
+    g.add_argument("--split-file", default=None,
+                   help="image folder: a JSON file {train: [...], val: [...], test: [...]} of class names, or a folder "
+                        "of train.txt, val.txt, test.txt (default: a split by --seed, 64/16/20 percent of the classes)")
     g.add_argument("--ways", type=int, default=None, help="classes per episode (omniglot; default 5)")
     g.add_argument("--shots", type=int, default=1, help="support examples per class (sinusoid: per task)")
     g.add_argument("--queries", type=int, default=None,
@@ -65,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-split", choices=["train", "trainval"], default="train",
                    help="vinyals classes to train on: train (1028 characters) or trainval (train + val, 1200 characters, "
                         "as Snell et al. and Finn et al. trained for their test figures; needs --val-tasks 0)")
-    g.add_argument("--data-dir", default=None, help="local Omniglot copy (default: METALIB_DATA_DIR or download)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder with local dataset copies (default: METALIB_DATA_DIR, then the cache, then download)")
     g.add_argument("--hidden", type=int, default=64, help="conv4 channels (omniglot)")
 
     g = p.add_argument_group("learner", "each algorithm's settings (metalib.algorithms.registry); an option of "
@@ -174,6 +186,7 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
                 f"down to --lr-min, so pass a smaller one")
     if not 0 <= a.seed < _MAX_SEED:
         p.error(f"--seed must be an integer in [0, 2**62), got {a.seed}")
+    _check_dataset(p, a)
     a.learner_settings = _learner_settings(p, a, recipe_note)
     if a.dataset == "sinusoid":
         given = [f"--{n.replace('_', '-')}" for n in _OMNIGLOT_OPTIONS if getattr(a, n) != p.get_default(n)]
@@ -183,6 +196,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         a.val_tasks = 100 if a.protocol == "vinyals" else 0
     elif a.protocol == "lake" and a.val_tasks > 0:
         p.error("--protocol lake has no validation split: pass --val-tasks 0 (or use --protocol vinyals)")
+    if a.train_split == "trainval" and a.dataset != "omniglot":
+        p.error(f"--train-split trainval is an Omniglot split: drop it for --dataset {a.dataset}")
     if a.train_split == "trainval" and a.protocol != "vinyals":
         p.error("--train-split trainval is a vinyals split: drop it or use --protocol vinyals")
     if a.train_split == "trainval" and a.val_tasks > 0:
@@ -196,10 +211,29 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     a.ways = 5 if a.ways is None else a.ways
 
 
+def _check_dataset(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """``--dataset`` is a known name or an existing folder, and the image options fit it."""
+    if a.dataset not in DATASET_PROBLEMS and a.dataset not in BENCHMARKS and not Path(a.dataset).expanduser().is_dir():
+        p.error(f"--dataset {a.dataset}: neither a dataset ({', '.join(sorted([*DATASET_PROBLEMS, *BENCHMARKS]))}) "
+                "nor an existing folder of images")
+    folder = a.dataset not in DATASET_PROBLEMS and a.dataset not in BENCHMARKS
+    for name in ("channels", "split_file"):
+        if getattr(a, name) is not None and not folder:
+            p.error(f"{_flag(name)} is an option of image folders, not of --dataset {a.dataset}: drop it")
+    if a.dataset in DATASET_PROBLEMS and a.image_size is not None:
+        p.error(f"--image-size: --dataset {a.dataset} has a fixed input size: drop it")
+    if a.dataset == "sinusoid" and a.model != "conv4":
+        p.error("--model: --dataset sinusoid trains an MLP: drop it")
+    if a.image_size is not None and not 8 <= a.image_size <= 1024:
+        p.error(f"--image-size must be between 8 and 1024, got {a.image_size}")
+    if a.dataset != "omniglot" and a.protocol != "vinyals":
+        p.error(f"--protocol is an Omniglot split, not one of --dataset {a.dataset}: drop it")
+
+
 def _learner_settings(p: argparse.ArgumentParser, a: argparse.Namespace, recipe_note: str) -> Settings:
     """The algorithm's settings from its options (the others refused), checked against the dataset's tasks; the
     namespace then holds the values they resolved to."""
-    spec, problem = learner_spec(a.algorithm), DATASET_PROBLEMS[a.dataset]
+    spec, problem = learner_spec(a.algorithm), dataset_problem(a.dataset)
     own = spec.settings.options()
     for name, (_, owners) in learner_options().items():
         if getattr(a, name) is not None and name not in own:

@@ -18,15 +18,23 @@ from .outputs import check_distinct, lock_path, write_atomic
 from .tasks import EpisodeSampler, SinusoidTasks
 from .train import make_optimizer
 
-__all__ = ["RUN_OPTIONS", "DATASET_PROBLEMS", "run_settings", "learner_from_options", "check_outputs", "samplers",
-           "train_run"]
+__all__ = ["RUN_OPTIONS", "DATASET_PROBLEMS", "dataset_problem", "run_settings", "learner_from_options",
+           "check_outputs", "samplers", "train_run", "IMAGE_OPTIONS"]
 
 # the options that define a training run: resuming a checkpoint with any of them changed is refused
 # (--steps only with the cosine schedule, which it shapes; otherwise a longer run continues the same run)
 RUN_OPTIONS = ("algorithm", "dataset", "ways", "shots", "queries", "protocol", "hidden", "inner_lr", "inner_steps",
                "optimizer", "outer_lr", "lr_schedule", "lr_min", "lr_step_size", "lr_gamma", "meta_batch", "seed")
 
-DATASET_PROBLEMS = {"omniglot": "classification", "sinusoid": "regression"}  # each dataset's tasks
+DATASET_PROBLEMS = {"omniglot": "classification", "sinusoid": "regression"}  # each dataset's tasks (the
+# natural-image benchmarks and image folders are classification too: dataset_problem)
+# recorded in a run's settings only where they are set, so that earlier (Omniglot, conv4) checkpoints keep theirs
+IMAGE_OPTIONS = ("model", "image_size", "channels", "split_file")
+
+
+def dataset_problem(dataset: str) -> str:
+    """``"regression"`` for the sinusoids, ``"classification"`` for Omniglot, the benchmarks and image folders."""
+    return DATASET_PROBLEMS.get(dataset, "classification")
 _SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}  # each split's task stream has its own seed
 
 
@@ -43,6 +51,8 @@ def run_settings(a: argparse.Namespace, learner: MetaLearner | None = None,
         settings["steps"] = a.steps
     if a.train_split != "train":  # only where it is set, so earlier checkpoints keep their settings
         settings["train_split"] = a.train_split
+    settings.update({k: getattr(a, k) for k in IMAGE_OPTIONS
+                     if getattr(a, k) is not None and (k != "model" or a.model != "conv4")})
     spec = learner_spec(a.algorithm)
     # the algorithm's own settings (inner_lr/inner_steps are RUN_OPTIONS): recorded where they exist
     settings.update({k: v for k, v in a.learner_settings.as_dict().items() if k not in RUN_OPTIONS})
@@ -56,6 +66,8 @@ def run_settings(a: argparse.Namespace, learner: MetaLearner | None = None,
             used.update(inner_lr=inner.lr, inner_steps=inner.steps)
         settings.update({k: v for k, v in used.items() if settings[k] is None})
         settings["_defaults"] = _defaults(a, learner)
+    if getattr(a, "preprocess", None) is not None:  # not a setting: what predicting on new images needs
+        settings["_preprocess"] = a.preprocess.as_dict()
     return settings
 
 
@@ -63,7 +75,7 @@ def _defaults(a: argparse.Namespace, learner: MetaLearner) -> dict[str, object]:
     """What the options that can be left unset resolve to when they are: an earlier checkpoint that recorded such
     an option as None (or did not record a setting added since) ran with this value."""
     optimizer = make_optimizer(learner)  # the learner's own default (Adam 1e-3; SGD 1.0 for Reptile)
-    settings = learner_spec(a.algorithm).settings.defaults(DATASET_PROBLEMS[a.dataset])
+    settings = learner_spec(a.algorithm).settings.defaults(dataset_problem(a.dataset))
     return {"queries": 10 if a.dataset == "sinusoid" else 15, "optimizer": type(optimizer).__name__.lower(),
             "outer_lr": optimizer.defaults["lr"], **settings}
 
@@ -83,12 +95,16 @@ def samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
         queries = 10 if a.queries is None else a.queries
         return {s: SinusoidTasks(a.shots, queries if s == "train" else (a.eval_queries or queries), seed=a.seed + off,
                                  device=dev) for s, off in _SEED_OFFSETS.items()}
-    from .data import omniglot_splits
-
     wanted = ("train", "val", "test") if a.val_tasks > 0 else ("train", "test")
-    read = [a.train_split if s == "train" else s for s in wanted]
-    loaded = prepare_once(lambda: omniglot_splits(a.protocol, splits=read, data_dir=a.data_dir), ctx)
-    splits = {s: loaded[r] for s, r in zip(wanted, read)}
+    if a.dataset == "omniglot":
+        from .data import omniglot_splits
+
+        read = [a.train_split if s == "train" else s for s in wanted]
+        loaded = prepare_once(lambda: omniglot_splits(a.protocol, splits=read, data_dir=a.data_dir), ctx)
+        splits = {s: loaded[r] for s, r in zip(wanted, read)}
+    else:
+        dataset = prepare_once(lambda: load_image_dataset(a), ctx)
+        splits = {s: dataset[s] for s in wanted}
     queries = 15 if a.queries is None else a.queries
     ways, shots = a.eval_ways or a.ways, a.eval_shots or a.shots
     eval_queries = a.eval_queries or queries
@@ -98,10 +114,24 @@ def samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
             for s in wanted}
 
 
+def load_image_dataset(a: argparse.Namespace):
+    """The benchmark or image folder ``--dataset`` names, as the options say to read it."""
+    from .data import is_benchmark, load_benchmark, load_image_folder
+
+    if is_benchmark(a.dataset):
+        return load_benchmark(a.dataset, data_dir=a.data_dir, image_size=a.image_size)
+    return load_image_folder(a.dataset, image_size=a.image_size or 84, channels=a.channels, split_file=a.split_file,
+                             seed=a.seed)
+
+
 def learner_from_options(a: argparse.Namespace, device: torch.device) -> MetaLearner:
-    """The learner (model included, seeded) that the parsed options describe."""
-    return build_registered(a.algorithm, a.learner_settings, problem=DATASET_PROBLEMS[a.dataset], ways=a.ways,
-                            eval_ways=a.eval_ways, hidden=a.hidden, seed=a.seed, device=device)
+    """The learner (model included, seeded) that the parsed options describe (the image format from
+    ``a.preprocess``, which :func:`samplers` sets for image datasets; Omniglot's 28x28 grey otherwise)."""
+    pre = getattr(a, "preprocess", None)
+    return build_registered(a.algorithm, a.learner_settings, problem=dataset_problem(a.dataset), ways=a.ways,
+                            eval_ways=a.eval_ways, hidden=a.hidden, seed=a.seed, device=device,
+                            backbone=getattr(a, "model", None) or "conv4",
+                            in_channels=pre.channels if pre else 1, image_size=pre.size if pre else 28)
 
 
 def check_outputs(a: argparse.Namespace) -> None:
@@ -138,6 +168,7 @@ def train_run(a: argparse.Namespace, evaluate_after: bool) -> tuple[MetaLearner,
                             f"processes; each must draw the same number of tasks")
         say = print if ctx.is_main else (lambda *_, **__: None)
         samplers_ = samplers(a, ctx)
+        a.preprocess = getattr(samplers_["train"], "preprocess", None)
         learner = learner_from_options(a, ctx.device)
         optimizer = make_optimizer(learner, a.optimizer, a.outer_lr)
         scheduler = _scheduler(a, optimizer)

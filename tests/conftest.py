@@ -43,6 +43,14 @@ def omniglot(omniglot_data_dir: Path):
     return data
 
 
+@pytest.fixture(scope="session")
+def omniglot_test_split(omniglot_data_dir: Path):
+    """The Vinyals test split (rotations included), as evaluation draws from it."""
+    from metalib.data import omniglot_splits
+
+    return omniglot_splits("vinyals", splits=["test"], data_dir=omniglot_data_dir, download=False)["test"]
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: one thread avoids oversubscription on busy machines (restored afterwards).
@@ -163,6 +171,30 @@ def served(tmp_path: Path) -> tuple[str, bytes]:
     src.parent.mkdir()
     src.write_bytes(payload)
     return src.as_uri(), payload
+
+
+@pytest.fixture
+def http_folder(tmp_path: Path):
+    """``(folder, base URL)``: an HTTP server on the loopback address serving ``folder`` (the downloads' tests)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = tmp_path / "www"
+    folder.mkdir()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture

@@ -77,3 +77,24 @@ def test_exercise_tests_take_the_notebooks_objects_as_arguments():
     memory = pd.DataFrame({"inner steps": [1, 1, 4, 4], "method": ["MAML", "iMAML"] * 2, "graph MiB": [3, 2, 9, 3]})
     assert check("07.2", 4, notebook07.verify_07_2, memory=memory, quiet=True)
     assert not check("07.2", 1, notebook07.verify_07_2, memory=memory, quiet=True)
+
+
+def test_notebook09_exercises_accept_the_right_answers():
+    import torch
+
+    from metalib.data import ClassSplit, ImagePreprocess
+    from metalib.exercises import notebook09
+
+    split = ClassSplit("train", torch.randint(0, 256, (9, 3, 4, 4), dtype=torch.uint8), ["a", "b", "c"],
+                       counts=[2, 3, 4])
+    assert check("09.1", 2, notebook09.verify_09_1, split=split, shots=1, queries=2, quiet=True)
+    assert not check("09.1", 3, notebook09.verify_09_1, split=split, shots=1, queries=2, quiet=True)
+    pre = ImagePreprocess(4, 3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+
+    def to_input(image, p):
+        return (image.float() / 255 - torch.tensor(p.mean).view(-1, 1, 1)) / torch.tensor(p.std).view(-1, 1, 1)
+    assert check("09.2", to_input, notebook09.verify_09_2, split=split, preprocess=pre, quiet=True)
+    assert not check("09.2", lambda image, p: image.float() / 255, notebook09.verify_09_2, split=split,
+                     preprocess=pre, quiet=True)
+    assert check("09.3", "bce", notebook09.verify_09_3, quiet=True)
+    assert not check("09.3", "bc", notebook09.verify_09_3, quiet=True)

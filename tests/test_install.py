@@ -35,6 +35,8 @@ SCRIPT = textwrap.dedent('''
     result = evaluate(learner, test_sampler, n_tasks=20, steps=3)
     print("maml", result)
     print("zoo", pretrained.available())
+    from metalib.data import published_split
+    print("cub split", [len(v) for v in published_split("cub").values()])
     try:
         import metalib.viz
     except ImportError as exc:
@@ -83,6 +85,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_copied_cells(tmp_path):
     assert "pip install 'metalib[notebooks]'" in out and "matplotlib loaded: False" in out
     from metalib.pretrained import available
     assert f"zoo {available()}" in out  # the zoo ships inside the wheel
+    assert "cub split [100, 50, 50]" in out  # and so do the benchmarks' published splits
     # data caches go to the user cache folder, never next to site-packages; the run's files to the cwd
     assert (tmp_path / "cache" / "metalib" / "cache" / "omniglot28.pt").exists()
     site = next((venv / "lib").glob("python*/site-packages"))

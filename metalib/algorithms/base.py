@@ -11,7 +11,7 @@ from ..problems import CLASSIFICATION, Problem
 from ..tasks import TaskBatch
 from ..params import Params
 
-__all__ = ["MetaLearner", "EpisodeClassifier", "embed_episode"]
+__all__ = ["MetaLearner", "EpisodeClassifier", "embed_episode", "adapted_outputs"]
 
 
 class MetaLearner(nn.Module):
@@ -23,6 +23,9 @@ class MetaLearner(nn.Module):
     * ``evaluate_batch(batch, steps=None, batchnorm="transductive") -> scores [B]``: adapt (``steps`` at test
       time) and score each task's query set, its queries together or each on its own (``"inductive"``,
       :mod:`metalib.inner.inductive`);
+    * ``query_outputs(batch, steps=None, batchnorm="transductive") -> [B, Q, ...]``: the outputs those scores come
+      from (class logits; a regression's predictions), without using the query labels: what
+      :func:`metalib.predict.predict` turns into labels and probabilities;
     * ``default_optimizer(name=None, lr=None)`` and ``test_steps``: the learner's own defaults;
     * ``set_training_step(step, total)``: the outer step about to run (a no-op unless training is scheduled).
     """
@@ -38,6 +41,9 @@ class MetaLearner(nn.Module):
         raise NotImplementedError
 
     def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
+        raise NotImplementedError
+
+    def query_outputs(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
         raise NotImplementedError
 
     def inductive_scores(self, model: nn.Module, adapted: dict[str, Tensor], batch: TaskBatch) -> Tensor:
@@ -72,6 +78,15 @@ class MetaLearner(nn.Module):
         return {k: (torch.zeros_like(p) if g is None else g) for (k, p), g in zip(params.items(), gs)}
 
 
+def adapted_outputs(model: nn.Module, adapted: dict[str, Tensor], batch: TaskBatch, batchnorm: str) -> Tensor:
+    """Query outputs ``[B, Q, ...]`` of ``model`` with each task's ``adapted`` parameters: the queries through the
+    network together (``"transductive"``) or each with the support set alone (``"inductive"``)."""
+    with torch.no_grad():
+        if check_batchnorm(batchnorm) == "inductive":
+            return forward_inductive(model, adapted, batch.support_x, batch.query_x)
+        return forward_adapted(model, adapted, batch.query_x)
+
+
 def embed_episode(model: nn.Module, batch: TaskBatch) -> tuple[Tensor, Tensor, int]:
     """Support and query embeddings ``[B, N*K, D]``, ``[B, N*Q, D]`` and the number of ways. Both sets go through
     ``model`` in one batch per task, so BatchNorm statistics are per task (transductive), as in the MAML family."""
@@ -96,11 +111,13 @@ class EpisodeClassifier(MetaLearner):
         score = self.problem.task_score(logits.detach(), batch.query_y).mean()
         return self._grads(loss), {"loss": loss.item(), self.problem.score_name: score.item()}
 
-    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
+    def query_outputs(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
         with torch.no_grad():
             inductive = check_batchnorm(batchnorm) == "inductive"
-            return self.problem.task_score(per_query(self.logits, batch) if inductive else self.logits(batch),
-                                           batch.query_y)
+            return per_query(self.logits, batch) if inductive else self.logits(batch)
+
+    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
+        return self.problem.task_score(self.query_outputs(batch, steps, batchnorm), batch.query_y)
 
 
 def make_torch_optimizer(params: list[nn.Parameter], name: str, lr: float | None,

@@ -62,11 +62,14 @@ class CNP(MetaLearner):
         score = self.problem.task_score(out.detach(), batch.query_y).mean()
         return self._grads(loss), {"loss": loss.item(), self.problem.score_name: score.item()}
 
-    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
+    def query_outputs(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
         """Both BatchNorm modes are the same here: the CNP has no batch statistics and its queries are independent."""
         check_batchnorm(batchnorm)
         with torch.no_grad():
-            return self.problem.task_score(self.predict(batch.support_x, batch.support_y, batch.query_x), batch.query_y)
+            return self.predict(batch.support_x, batch.support_y, batch.query_x)
+
+    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
+        return self.problem.task_score(self.query_outputs(batch, steps, batchnorm), batch.query_y)
 
 
 def cnp(model: nn.Module | None = None, *, x_dim: int = 1, y_dim: int = 1, hidden: int = 128, layers: int = 3,

@@ -23,7 +23,7 @@ from ..models import split_body_head
 from ..problems import Problem, get_problem
 from ..tasks import TaskBatch
 from ..params import Params
-from .base import MetaLearner, check_head
+from .base import MetaLearner, adapted_outputs, check_head
 from .registry import LearnerSpec, Settings, register, setting
 
 __all__ = ["GradientMetaLearner", "maml", "fomaml", "metasgd", "anil", "protomaml", "pretrain", "InnerLoopSettings",
@@ -99,6 +99,10 @@ class GradientMetaLearner(MetaLearner):
         if check_batchnorm(batchnorm) == "inductive":
             return self.inductive_scores(self.model, adapt(self.model, params, batch, cfg, lrs), batch)
         return task_losses(self.model, params, batch, cfg, lrs)[1]
+
+    def query_outputs(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
+        cfg, params, lrs = self._frozen(steps)
+        return adapted_outputs(self.model, adapt(self.model, params, batch, cfg, lrs), batch, batchnorm)
 
     def adapted_params(self, batch: TaskBatch, steps: int | None = None) -> Params:
         """Adapted parameters of every task (``[B, ...]`` each), detached: for plots and inspection."""

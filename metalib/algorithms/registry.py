@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ArgumentError
-from ..models import conv4, mlp
+from ..models import backbone as image_backbone, mlp
 
 __all__ = ["Settings", "NoSettings", "setting", "check_number", "LearnerSpec", "BuildContext", "register", "unregister", "REGISTRY",
            "learner_spec", "make_learner", "build_learner", "build_model", "settings_for", "PROBLEMS"]
@@ -250,23 +250,28 @@ def make_learner(name: str, model: nn.Module | None = None, *, problem: str = "c
 
 
 def build_model(name: str, problem: str, *, ways: int, hidden: int = 64, seed: int = 0,
-                device: torch.device | str = "cpu") -> nn.Module | None:
-    """The network learner ``name`` runs on, seeded: conv4 with a ``ways``-way head (classification; without
+                device: torch.device | str = "cpu", backbone: str = "conv4", in_channels: int = 1,
+                image_size: int = 28) -> nn.Module | None:
+    """The network learner ``name`` runs on, seeded: the image ``backbone`` (conv4 or resnet12, for
+    ``in_channels`` x ``image_size`` x ``image_size`` inputs) with a ``ways``-way head (classification; without
     a head for an embedding learner), the sinusoid MLP (regression), or None (its own networks)."""
     kind = learner_spec(name).model
     if kind == "none":
         return None
     if problem == "regression":
         return mlp(seed=seed, device=device)
-    return conv4(0 if kind == "embedding" else ways, hidden=hidden, seed=seed, device=device)
+    return image_backbone(backbone, 0 if kind == "embedding" else ways, in_channels=in_channels,
+                          image_size=image_size, hidden=hidden, seed=seed, device=device)
 
 
 def build_learner(name: str, settings: Settings, *, problem: str = "classification", ways: int, eval_ways: int | None = None,
-                  hidden: int = 64, seed: int = 0, device: torch.device | str = "cpu") -> nn.Module:
+                  hidden: int = 64, seed: int = 0, device: torch.device | str = "cpu", backbone: str = "conv4",
+                  in_channels: int = 1, image_size: int = 28) -> nn.Module:
     """Model and learner together, as a training run builds them: the model seeded with ``seed``, a head of
     ``ways`` classes (the training episodes'), learners with labels of their own sized for the larger of
     ``ways`` and ``eval_ways``; on ``device``."""
-    model = build_model(name, problem, ways=ways, hidden=hidden, seed=seed, device=device)
+    model = build_model(name, problem, ways=ways, hidden=hidden, seed=seed, device=device, backbone=backbone,
+                        in_channels=in_channels, image_size=image_size)
     learner = make_learner(name, model, problem=problem, ways=max(ways, eval_ways or ways), seed=seed,
                            settings=settings)
     return learner.to(device)  # learners with parameters of their own (r2d2, attention) too

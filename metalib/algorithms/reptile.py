@@ -10,7 +10,7 @@ from ..inner import InnerConfig, adapt, check_batchnorm, forward_adapted, task_l
 from ..problems import Problem, get_problem
 from ..tasks import TaskBatch
 from ..params import Params
-from .base import MetaLearner, make_torch_optimizer, check_head
+from .base import MetaLearner, adapted_outputs, make_torch_optimizer, check_head
 from .gradient import InnerLoopSettings, INNER_LR_HELP, INNER_STEPS_HELP
 from .registry import LearnerSpec, register, setting
 
@@ -54,13 +54,20 @@ class Reptile(MetaLearner):
         scores = self.problem.task_score(out, batch.query_y)
         return grads, {self.problem.score_name: scores.mean().item()}
 
-    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
+    def _test_time(self, steps: int | None) -> tuple[InnerConfig, dict]:
         # test-time adaptation takes the whole support set at every step (a 1-shot set has no minibatches)
         cfg = replace(self.inner, steps=self.inner.steps if steps is None else steps, support_batches=None)
-        params = {k: v.detach() for k, v in self.model.named_parameters()}
+        return cfg, {k: v.detach() for k, v in self.model.named_parameters()}
+
+    def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
+        cfg, params = self._test_time(steps)
         if check_batchnorm(batchnorm) == "inductive":
             return self.inductive_scores(self.model, adapt(self.model, params, batch, cfg), batch)
         return task_losses(self.model, params, batch, cfg)[1]
+
+    def query_outputs(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
+        cfg, params = self._test_time(steps)
+        return adapted_outputs(self.model, adapt(self.model, params, batch, cfg), batch, batchnorm)
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "inner_steps": self.inner.steps, "inner_lr": self.inner.lr,

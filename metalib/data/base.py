@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
+import torch
 from torch import Tensor
 
 from ..errors import UserError
 
-__all__ = ["ClassSplit", "DatasetNotFoundError", "InvalidDatasetError"]
+__all__ = ["ClassSplit", "DatasetNotFoundError", "FewShotDataset", "ImagePreprocess", "InvalidDatasetError"]
+
+
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line, shortened: for the one-line errors that quote a library's reason."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class DatasetNotFoundError(UserError, FileNotFoundError):
@@ -20,9 +28,57 @@ class InvalidDatasetError(UserError, ValueError):
     a corrupt zip or image); the message names the file and the fix in one line."""
 
 
+_RESAMPLING = ("lanczos", "bilinear", "bicubic", "box", "nearest")
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """How an image becomes a model input: ``size`` x ``size`` pixels, ``channels`` 1 (grey) or 3 (RGB),
+    resized with ``resample``, inverted when ``invert`` (Omniglot's strokes become bright), scaled to [0, 1]
+    and normalised per channel with ``mean`` and ``std`` (computed on the training classes)."""
+
+    size: int
+    channels: int
+    resample: str = "lanczos"
+    invert: bool = False
+    mean: tuple[float, ...] = field(default=())
+    std: tuple[float, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < 4:
+            raise ValueError(f"image size must be an integer >= 4, got {self.size!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels!r}")
+        if self.resample not in _RESAMPLING:
+            raise ValueError(f"resample must be one of {_RESAMPLING}, got {self.resample!r}")
+        mean = tuple(float(m) for m in self.mean) or (0.0,) * self.channels
+        std = tuple(float(s) for s in self.std) or (1.0,) * self.channels
+        if len(mean) != self.channels or len(std) != self.channels or min(std) <= 0:
+            raise ValueError(f"mean and std need {self.channels} value(s) each, std > 0; got {mean}, {std}")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+    def with_stats(self, mean: Sequence[float], std: Sequence[float]) -> "ImagePreprocess":
+        """The same preprocessing with this normalisation."""
+        return ImagePreprocess(self.size, self.channels, self.resample, self.invert, tuple(mean), tuple(std))
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImagePreprocess":
+        return cls(**{**d, "mean": tuple(d.get("mean", ())), "std": tuple(d.get("std", ()))})
+
+
 @dataclass(eq=False)
 class ClassSplit:
-    """A set of classes for episode sampling: ``images`` ``[C, drawings, H, W]``.
+    """A set of classes for episode sampling.
+
+    Dense (every class the same size, as Omniglot): ``images`` ``[C, drawings, H, W]`` or
+    ``[C, drawings, channels, H, W]``. Ragged (classes of any size, as a user's folder): ``images``
+    ``[total, channels, H, W]`` with the classes one after another and ``counts`` ``[C]`` their sizes.
+    uint8 images are pixels 0..255; ``preprocess`` (when known) says how they were made and how they are
+    normalised into model inputs (:class:`~metalib.data.images.ImagePreprocess`).
 
     ``class_names`` name the ``C`` classes (for Omniglot ``"Alphabet/characterNN"``, with a
     ``/rot000`` .. ``/rot270`` suffix when the split was built with rotations).
@@ -31,16 +87,32 @@ class ClassSplit:
     name: str
     images: Tensor
     class_names: list[str]
+    counts: Tensor | None = None
+    preprocess: ImagePreprocess | None = None
 
     def __post_init__(self) -> None:
-        if self.images.ndim < 3 or self.images.shape[0] != len(self.class_names):
+        if self.counts is None:
+            if self.images.ndim < 3 or self.images.shape[0] != len(self.class_names):
+                raise ValueError(
+                    f"split {self.name!r}: images must be [C, drawings, H, W] with "
+                    f"C = len(class_names) = {len(self.class_names)}, got shape {tuple(self.images.shape)}"
+                )
+            return
+        self.counts = torch.as_tensor(self.counts, dtype=torch.long).flatten()
+        if len(self.counts) != len(self.class_names) or int(self.counts.sum()) != self.images.shape[0] \
+                or bool((self.counts < 0).any()):
             raise ValueError(
-                f"split {self.name!r}: images must be [C, drawings, H, W] with "
-                f"C = len(class_names) = {len(self.class_names)}, got shape {tuple(self.images.shape)}"
+                f"split {self.name!r}: ragged images [{self.images.shape[0]}, ...] need counts summing to "
+                f"{self.images.shape[0]}, one per class ({len(self.class_names)}); got {self.counts.tolist()[:8]}..."
             )
 
     def __len__(self) -> int:
         return len(self.class_names)
+
+    @property
+    def ragged(self) -> bool:
+        """Whether classes may differ in size (``images`` flat with ``counts``)."""
+        return self.counts is not None
 
     @property
     def num_classes(self) -> int:
@@ -48,9 +120,46 @@ class ClassSplit:
         return len(self.class_names)
 
     @property
+    def class_sizes(self) -> list[int]:
+        """Images per class."""
+        if self.counts is None:
+            return [int(self.images.shape[1])] * self.num_classes
+        return self.counts.tolist()
+
+    @property
     def drawings_per_class(self) -> int:
-        """Number of images per class."""
-        return int(self.images.shape[1])
+        """Images per class (the smallest class's size when they differ)."""
+        return min(self.class_sizes, default=0)
+
+    def class_images(self, c: int) -> Tensor:
+        """The images of class ``c``: ``[n, ...]``."""
+        if self.counts is None:
+            return self.images[c]
+        start = int(self.counts[:c].sum())
+        return self.images[start:start + int(self.counts[c])]
 
     def __repr__(self) -> str:
-        return f"ClassSplit(name={self.name!r}, images={tuple(self.images.shape)} {self.images.dtype})"
+        kind = f", counts {min(self.class_sizes)}..{max(self.class_sizes)}" if self.ragged and len(self) else ""
+        return f"ClassSplit(name={self.name!r}, images={tuple(self.images.shape)} {self.images.dtype}{kind})"
+
+
+@dataclass(eq=False)
+class FewShotDataset:
+    """A dataset's class splits (``"train"``, ``"val"``, ``"test"``) with the preprocessing that made their images,
+    which a learner trained on them needs again to predict on new images; ``source`` says where it was read."""
+
+    name: str
+    splits: dict[str, ClassSplit]
+    preprocess: ImagePreprocess
+    source: str
+
+    def __getitem__(self, split: str) -> ClassSplit:
+        if split not in self.splits:
+            raise KeyError(f"{self.name} has no {split!r} split (it has {sorted(self.splits)})")
+        return self.splits[split]
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}: {len(v)} classes, {v.images.shape[0] if v.ragged else v.images.shape[:2].numel()} "
+                          "images" for k, v in self.splits.items())
+        return f"FewShotDataset({self.name!r}, {parts}; {self.preprocess.size}x{self.preprocess.size}x" \
+               f"{self.preprocess.channels} from {self.source})"

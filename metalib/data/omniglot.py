@@ -42,7 +42,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from .. import paths
-from .base import InvalidDatasetError
+from .base import ImagePreprocess, InvalidDatasetError
 from .download import find_or_download, open_temp, sweep_stale_temp
 
 __all__ = [
@@ -69,6 +69,8 @@ _PARTS = ("background", "evaluation")
 _EXPECTED = {"background": (30, 964), "evaluation": (20, 659)}  # (alphabets, characters)
 DRAWINGS = 20
 IMAGE_SIZE = 28
+#: How a drawing becomes a model input (grey, Lanczos to 28x28, inverted: strokes bright), for new images too.
+OMNIGLOT_PREPROCESS = ImagePreprocess(IMAGE_SIZE, 1, resample="lanczos", invert=True)
 _CACHE_NAME = "omniglot28.pt"
 _CACHE_FORMAT = 1  # bump when preprocessing changes so old caches are rebuilt
 #: What reading a zip member or decoding a PNG raises for corrupt bytes.

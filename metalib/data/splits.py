@@ -20,7 +20,7 @@ from ..errors import ArgumentError
 from .. import paths
 from .base import ClassSplit, InvalidDatasetError
 from .download import find_or_download
-from .omniglot import Omniglot, load_omniglot, not_found_message
+from .omniglot import OMNIGLOT_PREPROCESS, Omniglot, load_omniglot, not_found_message
 
 __all__ = ["PROTOCOLS", "VINYALS_MD5", "VINYALS_URL", "omniglot_splits", "read_vinyals_split"]
 
@@ -130,7 +130,7 @@ def _make_split(name: str, data: Omniglot, entries: Sequence[tuple[str, int]], s
             # k quarter turns counter-clockwise (row 0 = top of the image)
             images[pos] = torch.rot90(data.images[idx[pos]], k, dims=(-2, -1))
     names = [f"{c}/rot{deg:03d}" if suffix else c for c, deg in entries]
-    return ClassSplit(name=name, images=images, class_names=names)
+    return ClassSplit(name=name, images=images, class_names=names, preprocess=OMNIGLOT_PREPROCESS)
 
 
 def omniglot_splits(

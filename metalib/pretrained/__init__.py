@@ -24,6 +24,7 @@ import torch
 
 from ..algorithms import MetaLearner, build_learner
 from ..checkpoints import load_checkpoint, restore
+from ..data import OMNIGLOT_PREPROCESS, ImagePreprocess
 from ..errors import ArgumentError, UserError
 from ..recipes import Recipe
 from ..utils import resolve_device
@@ -31,7 +32,7 @@ from ..utils import resolve_device
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["available", "manifest", "migrate_manifest", "manifest_recipe", "load_pretrained", "results", "curves",
+__all__ = ["available", "manifest", "migrate_manifest", "manifest_recipe", "load_pretrained", "pretrained_preprocess", "results", "curves",
            "file_sha256", "ZooError", "ZOO"]
 
 ZOO = Path(str(resources.files(__name__)))
@@ -89,6 +90,18 @@ def manifest_recipe(name: str) -> Recipe:
     return Recipe.from_dict(manifest(name)["recipe"])
 
 
+def pretrained_preprocess(name: str) -> ImagePreprocess:
+    """How shipped model ``name`` turns an image into its input (what :func:`metalib.predict.predict` needs): the
+    manifest's record, or Omniglot's preprocessing for the Omniglot models."""
+    info = manifest(name)
+    if "preprocess" in info:
+        return ImagePreprocess.from_dict(info["preprocess"])
+    recipe = Recipe.from_dict(info["recipe"])
+    if recipe.dataset != "omniglot":
+        raise ZooError(f"manifest of {name} does not record its image preprocessing ({recipe.dataset} model)")
+    return OMNIGLOT_PREPROCESS
+
+
 def load_pretrained(name: str, device: torch.device | str = "cpu") -> MetaLearner:
     """The shipped learner ``name`` on ``device``, built with the settings it was trained with. The model file must
     be the one its manifest describes (its SHA-256 is checked)."""
@@ -101,8 +114,11 @@ def load_pretrained(name: str, device: torch.device | str = "cpu") -> MetaLearne
                        f"differs: another model's file, or damaged); {_FIX}")
     recipe = Recipe.from_dict(info["recipe"])
     device = resolve_device(device)
+    pre = pretrained_preprocess(name) if recipe.problem == "classification" else None
     learner = build_learner(recipe.algorithm, recipe.learner, problem=recipe.problem, ways=recipe.ways,
-                            eval_ways=recipe.tests[0][0], hidden=recipe.hidden, seed=recipe.seed, device=device)
+                            eval_ways=recipe.tests[0][0], hidden=recipe.hidden, seed=recipe.seed, device=device,
+                            backbone=recipe.model, in_channels=pre.channels if pre else 1,
+                            image_size=pre.size if pre else 28)
     state = load_checkpoint(weights, map_location=device)
     restore(weights, learner, state, f"learner ({learner.name})")
     return learner.eval()

@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curve-tasks", type=int, default=200)
     a = p.parse_args(argv)
     recipe = get_recipe(a.recipe)
+    if recipe.dataset != "omniglot":  # the zoo's evaluation protocol (test split, samplers, manifests) is Omniglot's
+        raise SystemExit(f"error: recipe {a.recipe} trains on {recipe.dataset}; the zoo ships Omniglot models only "
+                         "(its manifests, checks and curves use Omniglot's test split)")
     argv_run = ["--recipe", a.recipe]
     _, args = parse_args(argv_run)
     state = load_checkpoint(a.checkpoint)

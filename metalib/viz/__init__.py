@@ -6,6 +6,7 @@
 ``episode_grid``           ``episodes``       one episode: support set and query set, one row per class
 ``character_rotations``    ``episodes``       a character in its four rotations (0, 90, 180, 270 degrees)
 ``task_structure``         ``episodes``       meta-train / meta-test task sets, each task with its support and query set
+``image_grid``             ``episodes``       images (grey or RGB, raw or normalised) in a grid, each with its title
 ``sinusoid_family``        ``sinusoids``      a few tasks of the sinusoid family with their support points
 ``sinusoid_fits``          ``sinusoids``      model fits to new tasks after 0, 1, ... adaptation steps
 ``draw_fits``              ``sinusoids``      one regression task and predictions, into an axes
@@ -47,10 +48,11 @@ require_extra("matplotlib")
 from .bilevel import bilevel_picture  # noqa: E402
 from .common import column_label  # noqa: E402
 from .curves import accuracy_against_time, adaptation_curves, training_history  # noqa: E402
-from .episodes import character_rotations, episode_grid, image_mosaic, short_class_name, task_structure  # noqa: E402
+from .episodes import (character_rotations, episode_grid, image_grid, image_mosaic, short_class_name,  # noqa: E402
+                       task_structure)
 from .results import result_bars, results_table  # noqa: E402
 from .sinusoids import draw_fits, sinusoid_family, sinusoid_fits  # noqa: E402
 
-__all__ = ["image_mosaic", "short_class_name", "episode_grid", "character_rotations", "task_structure",
+__all__ = ["image_mosaic", "short_class_name", "episode_grid", "character_rotations", "task_structure", "image_grid",
            "sinusoid_family", "sinusoid_fits", "draw_fits", "adaptation_curves", "training_history", "accuracy_against_time",
            "results_table", "result_bars", "bilevel_picture", "column_label", "require_extra", "NOTEBOOK_EXTRAS"]

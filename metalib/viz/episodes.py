@@ -17,7 +17,7 @@ from ..data import ClassSplit
 from ..tasks import TaskBatch
 from .common import IMAGE_CMAP, QUERY_COLOR, SUPPORT_COLOR, plural, to_numpy
 
-__all__ = ["image_mosaic", "short_class_name", "episode_grid", "character_rotations", "task_structure"]
+__all__ = ["image_mosaic", "short_class_name", "episode_grid", "character_rotations", "task_structure", "image_grid"]
 
 
 def _images(x: Any) -> np.ndarray:
@@ -240,4 +240,37 @@ def task_structure(meta_train: TaskBatch, meta_test: TaskBatch, *, n_train: int 
             f"{ways_all}-way {shots_all}-shot: each task has N = {ways_all} classes with K = "
             f"{plural(shots_all, 'labelled example')} each; {plural(queries_all, 'query', 'queries')} "
             "per class to score it", ha="center", va="top", fontsize=9)
+    return fig
+
+
+def _displayable(image: Any) -> np.ndarray:
+    """One image ``[C, H, W]`` (uint8, floats in [0, 1], or normalised floats) as ``[H, W]`` or ``[H, W, 3]`` in [0, 1]."""
+    a = to_numpy(image).astype(np.float32)
+    if a.ndim == 3:
+        a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+    if a.max(initial=0.0) > 1.0 and a.min(initial=0.0) >= 0:
+        return a / 255.0
+    if a.min(initial=0.0) < 0 or a.max(initial=0.0) > 1:  # normalised model inputs: stretched for display
+        return (a - a.min()) / max(float(a.max() - a.min()), 1e-8)
+    return a
+
+
+def image_grid(images: Any, titles: Sequence[str] | None = None, *, ncols: int = 8, title: str | None = None,
+               colors: Sequence[str] | None = None, size: float = 1.1) -> Figure:
+    """Images ``[n, C, H, W]`` (grey or RGB; uint8, [0, 1] or normalised floats) in a grid, each with its title
+    (e.g. a class, or a prediction) in its colour: a user's own images as they are, or as the model sees them."""
+    imgs = [_displayable(x) for x in images]
+    n = len(imgs)
+    rows = max(1, -(-n // ncols))
+    cols = min(ncols, max(n, 1))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + (0.4 if title else 0.1)), squeeze=False,
+                             layout="constrained")
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(imgs[i], cmap="gray" if imgs[i].ndim == 2 else None, vmin=0, vmax=1)
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=7, **({} if colors is None else {"color": colors[i]}))
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

@@ -1,0 +1,31 @@
+"""Models used through ``torch.func.functional_call`` and by the task-batched engines: conv4 (Omniglot, and at
+84x84 with 3 channels mini-ImageNet), ResNet-12 (the natural-image benchmarks' backbone) and the sinusoid MLP.
+
+Every model is a plain ``nn.Module`` whose forward pass is a pure function of its parameters, so the same
+weights run per task or batched over tasks (``forward_tasks``, the :class:`TaskBatchedModel` protocol).
+BatchNorm is :class:`TaskBatchNorm` everywhere: per-task batch statistics, no running averages
+(:mod:`metalib.models.functional` says why).
+"""
+from .conv4 import Conv4, conv4
+from .functional import (TRAINING_BATCHNORM, BodyHeadModel, TaskBatchedModel, TaskBatchNorm, per_task,
+                         split_body_head)
+from .mlp import MLP, mlp
+from .resnet12 import ResNet12, resnet12
+
+__all__ = ["TaskBatchNorm", "Conv4", "MLP", "ResNet12", "conv4", "mlp", "resnet12", "split_body_head",
+           "TRAINING_BATCHNORM", "TaskBatchedModel", "BodyHeadModel", "per_task", "BACKBONES", "backbone"]
+
+#: The image backbones by name (``train_cli --model``).
+BACKBONES = ("conv4", "resnet12")
+
+
+def backbone(name: str, n_classes: int, *, in_channels: int, image_size: int, hidden: int = 64,
+             seed: int | None = None, device="cpu"):
+    """The image backbone ``name`` (``"conv4"`` or ``"resnet12"``) with ``n_classes`` outputs (0: the embedding)."""
+    if name == "conv4":
+        return conv4(n_classes, in_channels=in_channels, hidden=hidden, image_size=image_size, seed=seed, device=device)
+    if name == "resnet12":
+        return resnet12(n_classes, in_channels=in_channels, seed=seed, device=device)
+    from ..errors import ArgumentError
+
+    raise ArgumentError(f"model must be one of {BACKBONES}, got {name!r}")
