@@ -195,7 +195,7 @@ def learner_from_checkpoint(path: str | os.PathLike[str],
     settings = cls.resolve({k: run[k] for k in cls.options() if run.get(k) is not None}, problem)
     device = resolve_device(device)
     learner = build_learner(run["algorithm"], settings, problem=problem, ways=run.get("ways") or 5,
-                            hidden=run.get("hidden", 64), seed=run.get("seed", 0), device=device,
+                            eval_ways=run.get("_eval_ways"), hidden=run.get("hidden", 64), seed=run.get("seed", 0), device=device,
                             backbone=run.get("model", "conv4"), in_channels=pre.channels, image_size=pre.size)
     restore(path, learner, state["learner"], f"learner ({learner.name})")
     return learner.eval(), pre
@@ -210,6 +210,8 @@ def _learner(a: argparse.Namespace) -> tuple[MetaLearner, ImagePreprocess]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m metalib.predict``: print (and optionally write as CSV) a row per query image; a user's mistake
+    is one line on stderr and exit status 2."""
     p = argparse.ArgumentParser(prog="python -m metalib.predict",
                                 description="Classify new images with a shipped model or a training checkpoint, "
                                             "given a support folder with one sub-folder of images per class.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -66,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image folder: read images as grey (1) or RGB (3); default: as they are (mixed is an error)")
     g.add_argument("--split-file", default=None,
                    help="image folder: a JSON file {train: [...], val: [...], test: [...]} of class names, or a folder "
-                        "of train.txt, val.txt, test.txt (default: a split by --seed, 64/16/20 percent of the classes)")
+                        "of train.txt, val.txt, test.txt (default: a split by --split-seed, 64/16/20 percent of the "
+                        "classes)")
+    g.add_argument("--split-seed", type=int, default=None,
+                   help="image folder without --split-file: the seed of its class split (default 0; separate from "
+                        "--seed, so that runs with other seeds are tested on the same classes)")
     g.add_argument("--ways", type=int, default=None, help="classes per episode (omniglot; default 5)")
     g.add_argument("--shots", type=int, default=1, help="support examples per class (sinusoid: per task)")
     g.add_argument("--queries", type=int, default=None,
@@ -217,9 +222,15 @@ def _check_dataset(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--dataset {a.dataset}: neither a dataset ({', '.join(sorted([*DATASET_PROBLEMS, *BENCHMARKS]))}) "
                 "nor an existing folder of images")
     folder = a.dataset not in DATASET_PROBLEMS and a.dataset not in BENCHMARKS
-    for name in ("channels", "split_file"):
+    for name in ("channels", "split_file", "split_seed"):
         if getattr(a, name) is not None and not folder:
             p.error(f"{_flag(name)} is an option of image folders, not of --dataset {a.dataset}: drop it")
+    if a.split_file is not None and a.split_seed is not None:
+        p.error("--split-seed draws a split; --split-file gives one: pass one of them")
+    if folder:
+        a.dataset = os.path.normpath(a.dataset)  # my_images/ and my_images are one folder, and one run
+    if a.model == "resnet12" and a.hidden != p.get_default("hidden"):
+        p.error("--hidden sets conv4's channels; ResNet-12's widths are fixed (64-160-320-640): drop it")
     if a.dataset in DATASET_PROBLEMS and a.image_size is not None:
         p.error(f"--image-size: --dataset {a.dataset} has a fixed input size: drop it")
     if a.dataset == "sinusoid" and a.model != "conv4":

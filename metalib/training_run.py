@@ -11,6 +11,7 @@ import torch
 from .algorithms import MetaLearner, learner_spec
 from .algorithms import build_learner as build_registered
 from .checkpoints import check_writable, snapshot_dir
+from .data import FewShotDataset
 from .distributed import DistContext, distributed_evaluate, distributed_meta_train, init_distributed, prepare_once, \
     shutdown_distributed
 from .errors import UserError
@@ -29,7 +30,7 @@ RUN_OPTIONS = ("algorithm", "dataset", "ways", "shots", "queries", "protocol", "
 DATASET_PROBLEMS = {"omniglot": "classification", "sinusoid": "regression"}  # each dataset's tasks (the
 # natural-image benchmarks and image folders are classification too: dataset_problem)
 # recorded in a run's settings only where they are set, so that earlier (Omniglot, conv4) checkpoints keep theirs
-IMAGE_OPTIONS = ("model", "image_size", "channels", "split_file")
+IMAGE_OPTIONS = ("model", "image_size", "channels", "split_file", "split_seed")
 
 
 def dataset_problem(dataset: str) -> str:
@@ -53,6 +54,8 @@ def run_settings(a: argparse.Namespace, learner: MetaLearner | None = None,
         settings["train_split"] = a.train_split
     settings.update({k: getattr(a, k) for k in IMAGE_OPTIONS
                      if getattr(a, k) is not None and (k != "model" or a.model != "conv4")})
+    if getattr(a, "data_fingerprint", None):  # a folder or benchmark: its classes, sizes and normalisation
+        settings["data"] = a.data_fingerprint
     spec = learner_spec(a.algorithm)
     # the algorithm's own settings (inner_lr/inner_steps are RUN_OPTIONS): recorded where they exist
     settings.update({k: v for k, v in a.learner_settings.as_dict().items() if k not in RUN_OPTIONS})
@@ -66,8 +69,9 @@ def run_settings(a: argparse.Namespace, learner: MetaLearner | None = None,
             used.update(inner_lr=inner.lr, inner_steps=inner.steps)
         settings.update({k: v for k, v in used.items() if settings[k] is None})
         settings["_defaults"] = _defaults(a, learner)
-    if getattr(a, "preprocess", None) is not None:  # not a setting: what predicting on new images needs
+    if getattr(a, "preprocess", None) is not None:  # not settings: what predicting on new images needs
         settings["_preprocess"] = a.preprocess.as_dict()
+        settings["_eval_ways"] = a.eval_ways
     return settings
 
 
@@ -105,6 +109,7 @@ def samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
     else:
         dataset = prepare_once(lambda: load_image_dataset(a), ctx)
         splits = {s: dataset[s] for s in wanted}
+        a.data_fingerprint = dataset.fingerprint()
     queries = 15 if a.queries is None else a.queries
     ways, shots = a.eval_ways or a.ways, a.eval_shots or a.shots
     eval_queries = a.eval_queries or queries
@@ -114,14 +119,14 @@ def samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
             for s in wanted}
 
 
-def load_image_dataset(a: argparse.Namespace):
+def load_image_dataset(a: argparse.Namespace) -> FewShotDataset:
     """The benchmark or image folder ``--dataset`` names, as the options say to read it."""
     from .data import is_benchmark, load_benchmark, load_image_folder
 
     if is_benchmark(a.dataset):
         return load_benchmark(a.dataset, data_dir=a.data_dir, image_size=a.image_size)
     return load_image_folder(a.dataset, image_size=a.image_size or 84, channels=a.channels, split_file=a.split_file,
-                             seed=a.seed)
+                             seed=a.split_seed or 0)
 
 
 def learner_from_options(a: argparse.Namespace, device: torch.device) -> MetaLearner:

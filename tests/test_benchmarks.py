@@ -213,3 +213,49 @@ def test_cub_download_from_a_server(tmp_path, http_folder, monkeypatch):
     ds = load_benchmark("cub", data_dir=tmp_path / "none", cache_dir=tmp_path / "cache", image_size=16)
     assert ds["test"].class_sizes == [1] * 50 and torch.is_tensor(ds["test"].images)
     assert np.isfinite(ds.preprocess.mean).all()
+
+
+def test_cub_archive_problems_are_one_line_and_keep_the_users_files(tmp_path, http_folder, monkeypatch):
+    archive = fake.cub_archive(tmp_path / "data" / "CUB_200_2011.tgz", per_class=1)
+    archive.write_bytes(archive.read_bytes()[:2000])  # truncated mid-download
+    with pytest.raises(InvalidDatasetError, match="is not a readable tgz archive") as err:
+        load_benchmark("cub", data_dir=archive.parent, cache_dir=tmp_path / "c", download=False)
+    assert "\n" not in str(err.value) and archive.exists()
+    assert not [p for p in (tmp_path / "c").iterdir()]  # no half-extracted folder, no marker
+    (tmp_path / "c2" / "CUB_200_2011").mkdir(parents=True)  # someone else's folder where metalib would extract
+    with pytest.raises(InvalidDatasetError, match="exists but holds no images.txt"):
+        load_benchmark("cub", data_dir=archive.parent, cache_dir=tmp_path / "c2", download=False)
+    www, base = http_folder
+    served = fake.cub_archive(www / "CUB_200_2011.tgz", per_class=1)
+    monkeypatch.setitem(BENCHMARKS, "cub", dataclasses.replace(BENCHMARKS["cub"], url=f"{base}/CUB_200_2011.tgz",
+                                                               md5="f" * 32))
+    with pytest.raises(DatasetNotFoundError, match="md5 mismatch"):
+        load_benchmark("cub", data_dir=tmp_path / "none", cache_dir=tmp_path / "c3")
+    assert served.exists() and not (tmp_path / "c3" / "CUB_200_2011.tgz").exists()
+
+
+def test_pickles_cannot_run_code(tmp_path):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    folder = fake.mini_imagenet_pickles(tmp_path / "data" / "mini-imagenet")
+    with open(folder / "mini-imagenet-cache-train.pkl", "wb") as f:
+        pickle.dump({"image_data": Evil(), "class_dict": {}}, f)
+    with pytest.raises(InvalidDatasetError, match="refers to posix.system"):
+        load_benchmark("mini-imagenet", data_dir=tmp_path / "data", cache_dir=tmp_path / "c")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_python2_mini_imagenet_pickles_with_bytes_keys(tmp_path):
+    folder = fake.mini_imagenet_pickles(tmp_path / "data" / "mini-imagenet", per_class=2)
+    for name in folder.iterdir():  # rewritten as Python 2 wrote them: bytes keys (read with encoding="bytes")
+        with open(name, "rb") as f:
+            d = pickle.load(f)
+        with open(name, "wb") as f:
+            pickle.dump({b"image_data": d["image_data"], b"class_dict": {k.encode(): v for k, v in d["class_dict"].items()}},
+                        f, protocol=2)
+    ds = load_benchmark("mini-imagenet", data_dir=tmp_path / "data", cache_dir=tmp_path / "c")
+    assert ds["val"].class_sizes == [2] * 16

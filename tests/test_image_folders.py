@@ -133,11 +133,11 @@ def test_the_cache_is_read_back_and_rebuilt_when_a_file_changes(own, tmp_path, m
     Image.new("RGB", (10, 10), (255, 0, 0)).save(target)
     os.utime(target, ns=(1, 1))
     changed = load_image_folder(own, image_size=16, cache_dir=cache)
-    assert calls and len(list((cache / "image-folders").glob("*.npy"))) == 2
+    assert calls and len(list((cache / "image-folders").glob("*.npy"))) == 1  # rebuilt, the old entry removed
     where = [s for s in changed.splits.values() if "class00" in s.class_names][0]
     assert where.class_images(where.class_names.index("class00"))[0, 0].float().mean() > 250  # the new red image
     load_image_folder(own, image_size=24, cache_dir=cache)  # another size: another cache entry
-    assert len(list((cache / "image-folders").glob("*.npy"))) == 3
+    assert len(list((cache / "image-folders").glob("*.npy"))) == 2
 
 
 def test_the_cache_is_memory_mapped_uint8(own, tmp_path):
@@ -232,3 +232,47 @@ def test_a_run_records_its_image_options_only_where_set(own, tmp_path, monkeypat
     assert settings["image_size"] == 16 and "model" not in settings and settings["_preprocess"]["channels"] == 3
     assert run([*argv[:-3], "--image-size", "20", "--checkpoint", str(ckpt), "--no-progress"]) == 2  # another run
     assert "image_size: checkpoint 16, now 20" in capsys.readouterr().err
+
+
+def test_what_is_skipped_is_said_and_old_cache_entries_go(own, tmp_path):
+    (own / "class00" / "notes.txt").write_text("not an image")
+    (own / "class01" / "more").mkdir()
+    with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) without an image suffix .*and 1 nested folder"):
+        load_image_folder(own, image_size=12, cache_dir=tmp_path / "c")
+    entries = list((tmp_path / "c" / "image-folders").glob("*.npy"))
+    Image.new("RGB", (9, 9)).save(own / "class02" / "new.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_image_folder(own, image_size=12, cache_dir=tmp_path / "c")
+    now = list((tmp_path / "c" / "image-folders").glob("*.npy"))
+    assert len(entries) == len(now) == 1 and entries != now  # the entry for the old files was replaced
+
+
+def test_a_missing_split_and_skewed_fractions_are_one_line(own, tmp_path):
+    ds = load_image_folder(own, image_size=12, cache_dir=tmp_path / "c", fractions=(1, 0, 1))
+    with pytest.raises(InvalidDatasetError, match=r"has no val classes .*--val-tasks 0"):
+        ds["val"]
+    with pytest.raises(InvalidDatasetError, match="leave no training class"):
+        load_image_folder(own, cache_dir=tmp_path / "c", fractions=(0.001, 1, 1.2))
+
+
+def test_a_resumed_run_on_changed_data_is_refused_and_the_split_has_its_own_seed(own, tmp_path, monkeypatch, capsys):
+    from metalib.train_cli import run
+
+    monkeypatch.setenv("METALIB_CACHE_DIR", str(tmp_path / "cache"))
+    ckpt = tmp_path / "run.pt"
+    argv = ["--dataset", str(own) + "/", "--algorithm", "protonet", "--image-size", "16", "--ways", "3", "--queries",
+            "2", "--steps", "1", "--meta-batch", "1", "--val-tasks", "0", "--eval-tasks", "0", "--checkpoint",
+            str(ckpt), "--no-progress"]
+    assert run(argv) == 0
+    assert run([*argv, "--steps", "2"]) == 0  # the same folder (its trailing slash aside): resumed
+    (own / "class99").mkdir()
+    for i in range(6):
+        Image.new("RGB", (8, 8), (i, i, i)).save(own / "class99" / f"{i}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run([*argv, "--steps", "3"]) == 2
+    assert "data: checkpoint" in capsys.readouterr().err  # another class in the folder: another run
+    seeded = {s: load_image_folder(own, image_size=12, cache_dir=tmp_path / "c", seed=s)["test"].class_names
+              for s in (0, 1)}
+    assert seeded[0] != seeded[1]

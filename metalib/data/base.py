@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import torch
 from torch import Tensor
 
 from ..errors import UserError
 
-__all__ = ["ClassSplit", "DatasetNotFoundError", "FewShotDataset", "ImagePreprocess", "InvalidDatasetError"]
+__all__ = ["ClassSplit", "DatasetNotFoundError", "FewShotDataset", "ImagePreprocess", "InvalidDatasetError", "one_line",
+           "safe_unpickle"]
 
 
 def one_line(exc: BaseException, limit: int = 160) -> str:
@@ -63,10 +65,12 @@ class ImagePreprocess:
         return ImagePreprocess(self.size, self.channels, self.resample, self.invert, tuple(mean), tuple(std))
 
     def as_dict(self) -> dict:
+        """A JSON-able dict (for checkpoints and manifests)."""
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImagePreprocess":
+        """The preprocessing :meth:`as_dict` wrote."""
         return cls(**{**d, "mean": tuple(d.get("mean", ())), "std": tuple(d.get("std", ()))})
 
 
@@ -155,11 +159,44 @@ class FewShotDataset:
 
     def __getitem__(self, split: str) -> ClassSplit:
         if split not in self.splits:
-            raise KeyError(f"{self.name} has no {split!r} split (it has {sorted(self.splits)})")
+            raise InvalidDatasetError(f"{self.source} has no {split} classes (its splits: {', '.join(self.splits)}): put "
+                                      f"classes in {split} (split file or fractions), or do without it (--val-tasks 0 "
+                                      "for validation)")
         return self.splits[split]
+
+    def fingerprint(self) -> str:
+        """A hash of which classes are in which split, their sizes and the preprocessing: a run resumed on data that
+        changed since (a class added to the folder, another normalisation) is another run."""
+        import hashlib
+        import json
+
+        text = json.dumps({"splits": {k: [v.class_names, v.class_sizes] for k, v in sorted(self.splits.items())},
+                           "preprocess": self.preprocess.as_dict()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}: {len(v)} classes, {v.images.shape[0] if v.ragged else v.images.shape[:2].numel()} "
                           "images" for k, v in self.splits.items())
         return f"FewShotDataset({self.name!r}, {parts}; {self.preprocess.size}x{self.preprocess.size}x" \
                f"{self.preprocess.channels} from {self.source})"
+
+
+#: What the datasets' pickles may hold: NumPy arrays and dtypes, and plain containers (never code).
+_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "ndarray"),
+                   ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                   ("collections", "OrderedDict"), ("_codecs", "encode"),
+                   ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray")}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a dataset's pickle does not hold")
+        return super().find_class(module, name)
+
+
+def safe_unpickle(file: BinaryIO, encoding: str = "ASCII") -> object:
+    """A dataset's pickle (CIFAR-100's, mini-ImageNet's caches) loaded with only NumPy arrays and plain containers
+    allowed: a downloaded file cannot run code when it is read."""
+    return _DataUnpickler(file, encoding=encoding).load()

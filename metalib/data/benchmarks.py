@@ -25,7 +25,7 @@ from .base import DatasetNotFoundError, FewShotDataset
 from .cifar100 import CIFAR100_MD5, CIFAR100_URL, cifar_dataset
 from .cub import CUB_MD5, CUB_URL, cub_dataset
 from .download import find_or_download
-from .folder import SPLITS, load_image_folder
+from .folder import SPLITS, load_image_folder, read_class_list
 from .miniimagenet import FETCH_HINT, mini_imagenet_dataset
 
 __all__ = ["Benchmark", "BENCHMARKS", "published_split", "load_benchmark", "load_dataset", "is_benchmark"]
@@ -46,17 +46,20 @@ class Benchmark:
     read: Callable[..., FewShotDataset]   # read(found path, published split, cache_dir, image_size, mean, std)
 
 
+Stats = Sequence[float] | None
+
+
 def _cifar(by_superclass: bool, name: str) -> Callable[..., FewShotDataset]:
-    def read(found: Path, published: dict, cache_dir: Path, image_size: int, mean, std) -> FewShotDataset:
+    def read(found: Path, published: dict, cache_dir: Path, image_size: int, mean: Stats, std: Stats) -> FewShotDataset:
         return cifar_dataset(name, found, published, by_superclass, image_size, mean, std)
     return read
 
 
-def _mini(found: Path, published: dict, cache_dir: Path, image_size: int, mean, std) -> FewShotDataset:
+def _mini(found: Path, published: dict, cache_dir: Path, image_size: int, mean: Stats, std: Stats) -> FewShotDataset:
     return mini_imagenet_dataset(found, published, image_size, mean, std, cache_dir)
 
 
-def _cub(found: Path, published: dict, cache_dir: Path, image_size: int, mean, std) -> FewShotDataset:
+def _cub(found: Path, published: dict, cache_dir: Path, image_size: int, mean: Stats, std: Stats) -> FewShotDataset:
     return cub_dataset(found, published, cache_dir, image_size, mean, std)
 
 
@@ -78,6 +81,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
 
 
 def is_benchmark(name: str) -> bool:
+    """Whether ``name`` is one of :data:`BENCHMARKS` (else it is taken for a folder)."""
     return name in BENCHMARKS
 
 
@@ -87,8 +91,7 @@ def published_split(name: str) -> dict[str, list[str]]:
     folder = resources.files("metalib.data") / "split_lists" / name
     out = {}
     for split in SPLITS:
-        text = (folder / f"{split}.txt").read_text()
-        out[split] = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        out[split] = read_class_list((folder / f"{split}.txt").read_text())
     return out
 
 

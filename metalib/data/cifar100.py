@@ -10,15 +10,15 @@ are pooled (600 per class), as Bertinetto et al. (CIFAR-FS: 64/16/20 classes) an
 """
 from __future__ import annotations
 
-import pickle
+import io
 import tarfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .base import FewShotDataset, InvalidDatasetError, one_line
-from .images import ImagePreprocess, decode_image
+from .base import FewShotDataset, InvalidDatasetError, one_line, safe_unpickle
+from .images import ImagePreprocess, resize_images
 
 __all__ = ["CIFAR100_URL", "CIFAR100_MD5", "read_cifar100", "cifar_dataset"]
 
@@ -29,7 +29,7 @@ _MEMBERS = ("train", "test", "meta")
 
 def _unpickle(raw: bytes, where: str) -> dict:
     try:
-        obj = pickle.loads(raw, encoding="bytes")
+        obj = safe_unpickle(io.BytesIO(raw), encoding="bytes")
     except Exception as exc:  # a truncated or foreign file raises any of a dozen exception types
         raise InvalidDatasetError(f"{where} is not a readable CIFAR-100 pickle ({type(exc).__name__}: {exc}): "
                                   f"delete it (or the archive) and download {CIFAR100_URL} again") from None
@@ -84,7 +84,7 @@ def read_cifar100(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[
         except KeyError as exc:
             raise InvalidDatasetError(f"{raw[part][1]} has no key {exc.args[0]!r}: it is not CIFAR-100's {part} "
                                       "file") from None
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(f) != len(data) != len(c):
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or not len(f) == len(data) == len(c):
             raise InvalidDatasetError(f"{raw[part][1]}: data {data.dtype} {data.shape} with {len(f)} labels, expected "
                                       "uint8 [N, 3072] and N labels")
         if len(f) and (f.min() < 0 or f.max() >= len(fine_names) or c.min() < 0 or c.max() >= len(coarse_names)):
@@ -116,9 +116,6 @@ def cifar_dataset(name: str, path: Path, assignment: dict[str, list[str]], by_su
     counts = np.bincount(fine, minlength=len(fine_names)).tolist()
     images = images[order]
     pre = ImagePreprocess(image_size, 3, resample="bilinear")
-    if image_size != 32:
-        from PIL import Image
-
-        images = np.stack([decode_image(Image.fromarray(im.transpose(1, 2, 0)), pre) for im in images])
+    images = resize_images(images, pre)
     return dataset_splits(name, str(path), images, fine_names, counts, assignment, pre, mean, std)
 

@@ -11,6 +11,7 @@ folder (never over a user's files); an extracted copy is used where it is.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -73,16 +74,26 @@ def cub_root(found: Path, cache_dir: Path) -> Path:
     target = cache_dir / "CUB_200_2011"
     if (target / "images.txt").is_file():
         return target
+    if target.exists():
+        raise InvalidDatasetError(f"{target} exists but holds no images.txt (not extracted by metalib): move it away, "
+                                  f"and metalib extracts {found} there")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    f, marker = open_temp(target)
+    f, marker = open_temp(target)  # also removes the markers that killed extractions left
     f.close()
     tmp = marker.with_suffix(".dir")
+    for orphan in cache_dir.glob(".CUB_200_2011.*.dir"):  # a killed extraction's folder, its marker swept: ours
+        if re.fullmatch(r"\.CUB_200_2011\.\d+-[0-9a-f]{12}\.dir", orphan.name) and not orphan.with_suffix(".part").exists():
+            shutil.rmtree(orphan, ignore_errors=True)
     try:
         with tarfile.open(found, "r:*") as tar:
             members = [m for m in tar.getmembers() if m.name.startswith("CUB_200_2011/")]
             if not members:
                 raise InvalidDatasetError(f"{found} has no CUB_200_2011/ folder: it is not the CUB-200-2011 archive")
-            tar.extractall(tmp, members=members, filter="data")
+            unsafe = [m.name for m in members if ".." in Path(m.name).parts or not (m.isfile() or m.isdir())]
+            if unsafe:
+                raise InvalidDatasetError(f"{found} holds unexpected members ({unsafe[0]}): not the CUB-200-2011 archive")
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
+            tar.extractall(tmp, members=members, **safe)  # only plain files and folders under CUB_200_2011/
         os.replace(tmp / "CUB_200_2011", target)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InvalidDatasetError(f"{found} is not a readable tgz archive ({one_line(exc)}): delete it and download {CUB_URL} "

@@ -1,15 +1,18 @@
 """Your own images: a folder with one sub-folder per class, any sizes, grey or RGB, classes of any size.
 
-``load_image_folder(root)`` decodes every image once (resized, as uint8) into a memory-mapped cache keyed by the
-folder's content and the preprocessing, splits the classes into train/val/test (a split file or a seeded split,
+``load_image_folder(root)`` decodes every image once (resized, as uint8) into a memory-mapped cache file keyed by
+the folder's content and the preprocessing (each split's images are then read from it into memory, still uint8), splits the classes into train/val/test (a split file or a seeded split,
 checked disjoint), computes the per-channel normalisation on the training classes and returns a
 :class:`FewShotDataset` whose splits the :class:`~metalib.tasks.EpisodeSampler` draws episodes from.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -20,9 +23,10 @@ import torch
 from ..paths import cache_dir as resolve_cache_dir
 from .base import ClassSplit, DatasetNotFoundError, FewShotDataset, InvalidDatasetError
 from .download import open_temp
-from .images import ImagePreprocess, channel_stats, decode_image, image_files, image_mode
+from .images import IMAGE_SUFFIXES, ImagePreprocess, channel_stats, decode_image, image_files, image_mode
 
-__all__ = ["load_image_folder", "read_split_file", "seeded_split", "SPLITS", "cached_images", "dataset_splits"]
+__all__ = ["load_image_folder", "read_split_file", "read_class_list", "check_assignment", "seeded_split", "SPLITS",
+           "cached_images", "dataset_splits"]
 
 SPLITS = ("train", "val", "test")
 _CACHE_VERSION = 1
@@ -41,7 +45,7 @@ def load_image_folder(root: str | os.PathLike[str], *, image_size: int = 84, cha
     ``test.txt`` (one class per line); without one, the classes are split at random by ``seed`` in
     ``fractions``. ``mean``/``std``: the normalisation (default: computed on the training classes).
     """
-    root = Path(root).expanduser()
+    root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetNotFoundError(f"image folder {root} does not exist: pass a folder with one sub-folder per class")
     files = _class_files(root)
@@ -50,10 +54,12 @@ def load_image_folder(root: str | os.PathLike[str], *, image_size: int = 84, cha
         assignment = read_split_file(split_file, names)
     else:
         assignment = seeded_split(names, fractions, seed)
+    cache = resolve_cache_dir(cache_dir) / "image-folders"
+    content = _content_key(root, files)
     if channels is None:
-        channels = _folder_channels(root, files)
+        channels = _folder_channels(root, files, cache / f"{_folder_stem(root)}-{content}.channels")
     pre = ImagePreprocess(image_size, channels, resample=resample)
-    images, counts = cached_images(root, files, pre, cache_dir, workers)
+    images, counts = cached_images(root, files, pre, cache_dir, workers, content=content)
     return dataset_splits(root.name, str(root), images, names, counts, assignment, pre, mean, std)
 
 
@@ -89,19 +95,38 @@ def dataset_splits(name: str, source: str, images: np.ndarray, names: list[str],
 
 
 def _class_files(root: Path) -> dict[str, list[Path]]:
-    found = {}
+    """``class name -> image files`` of ``root``'s sub-folders; what is skipped (files of other types, nested
+    folders) is said in one warning, so that a class that vanishes does not vanish silently."""
+    found, other_files, nested = {}, [], []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         imgs = image_files(sub)
         if imgs:
             found[sub.name] = imgs
+        for p in sub.iterdir():
+            if p.name.startswith("."):
+                continue
+            if p.is_dir():
+                nested.append(p)
+            elif p.suffix.lower() not in IMAGE_SUFFIXES:
+                other_files.append(p)
+    if other_files or nested:
+        parts = [f"{len(other_files)} file(s) without an image suffix (e.g. {other_files[0]})" if other_files else "",
+                 f"{len(nested)} nested folder(s) (e.g. {nested[0]})" if nested else ""]
+        warnings.warn(f"{root}: skipped {' and '.join(p for p in parts if p)}; images are read from "
+                      f"<class>/<image> with a suffix in {', '.join(IMAGE_SUFFIXES)}", stacklevel=3)
     if len(found) < 2:
         raise InvalidDatasetError(f"{root} has {len(found)} class folder(s) with images: put each class's images in a "
                                   f"sub-folder of its own, {root}/<class name>/<image>.png (at least 2 classes)")
     return found
 
 
-def _folder_channels(root: Path, files: dict[str, list[Path]]) -> int:
-    """1 or 3 when every image is grey or every one is colour; else one line naming one of each."""
+def _folder_channels(root: Path, files: dict[str, list[Path]], record: Path) -> int:
+    """1 or 3 when every image is grey or every one is colour (else one line naming one of each); the answer is
+    kept in ``record`` (keyed by the folder's content), so that later loads do not open every file again."""
+    try:
+        return int(record.read_text())
+    except (OSError, ValueError):
+        pass
     seen: dict[str, Path] = {}
     for paths in files.values():
         for p in paths:
@@ -109,7 +134,15 @@ def _folder_channels(root: Path, files: dict[str, list[Path]]) -> int:
     if len(seen) > 1:
         raise InvalidDatasetError(f"{root} mixes grey and RGB images ({seen['L']} is grey, {seen['RGB']} is RGB): pass "
                                   "channels=3 (--channels 3) to read every image as RGB, or channels=1 for grey")
-    return 1 if "L" in seen else 3
+    channels = 1 if "L" in seen else 3
+    try:
+        f, tmp = open_temp(record)
+        with f:
+            f.write(str(channels).encode())
+        os.replace(tmp, record)
+    except OSError:
+        pass  # a read-only cache: the headers are read again next time
+    return channels
 
 
 def read_split_file(path: str | os.PathLike[str], known: Sequence[str]) -> dict[str, list[str]]:
@@ -120,7 +153,7 @@ def read_split_file(path: str | os.PathLike[str], known: Sequence[str]) -> dict[
         missing = [s for s in SPLITS if not (path / f"{s}.txt").is_file()]
         if len(missing) == len(SPLITS):
             raise DatasetNotFoundError(f"split folder {path} has none of train.txt, val.txt, test.txt")
-        assignment = {s: _read_lines(path / f"{s}.txt") for s in SPLITS if s not in missing}
+        assignment = {s: read_class_list((path / f"{s}.txt").read_text()) for s in SPLITS if s not in missing}
     elif path.is_file():
         try:
             assignment = json.loads(path.read_text())
@@ -154,8 +187,9 @@ def check_assignment(assignment: dict[str, list[str]], known: Sequence[str], whe
     return out
 
 
-def _read_lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+def read_class_list(text: str) -> list[str]:
+    """The class names of a list file: one per line; blank lines and ``#`` comments skipped."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def seeded_split(names: Sequence[str], fractions: Sequence[float] = (0.64, 0.16, 0.20),
@@ -174,12 +208,22 @@ def seeded_split(names: Sequence[str], fractions: Sequence[float] = (0.64, 0.16,
     for i in (1, 2):
         sizes[i] = max(sizes[i], int(wanted[i]))
     sizes[0] = len(names) - sizes[1] - sizes[2]
+    if sizes[0] < 1:
+        raise InvalidDatasetError(f"fractions {tuple(fractions)} leave no training class of {len(names)}: give train a "
+                                  "larger share")
     cuts = np.cumsum([0, *sizes])
     return {s: sorted(names[j] for j in order[cuts[i]:cuts[i + 1]]) for i, s in enumerate(SPLITS)}
 
 
-def _fingerprint(root: Path, files: dict[str, list[Path]], pre: ImagePreprocess) -> str:
-    digest = hashlib.sha256(f"{_CACHE_VERSION} {pre.size} {pre.channels} {pre.resample} {pre.invert}".encode())
+def _folder_stem(root: Path) -> str:
+    """The cache's name for a folder: its name and a hash of its full path (two folders of one name differ)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", root.name) or "root"
+    return f"{name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
+
+
+def _content_key(root: Path, files: dict[str, list[Path]]) -> str:
+    """A hash of the image files' names, sizes and modification times: it changes when any file does."""
+    digest = hashlib.sha256(str(_CACHE_VERSION).encode())
     for name in sorted(files):
         for p in files[name]:
             st = p.stat()
@@ -188,13 +232,16 @@ def _fingerprint(root: Path, files: dict[str, list[Path]], pre: ImagePreprocess)
 
 
 def cached_images(root: Path, files: dict[str, list[Path]], pre: ImagePreprocess,
-                  cache_dir: str | os.PathLike[str] | None = None, workers: int = 4) -> tuple[np.ndarray, list[int]]:
+                  cache_dir: str | os.PathLike[str] | None = None, workers: int = 4,
+                  content: str | None = None) -> tuple[np.ndarray, list[int]]:
     """Every image of ``files`` (classes in sorted order) decoded once as uint8 ``[total, C, H, W]``, memory-mapped from
-    a cache keyed by the files' names, sizes and times and the preprocessing; rebuilt when any of them changes."""
+    a cache keyed by the folder, the files' names, sizes and times, and the preprocessing; rebuilt when any of them
+    changes, and the entry it replaces (same folder and preprocessing, older files) removed."""
     names = sorted(files)
     counts = [len(files[n]) for n in names]
     folder = resolve_cache_dir(cache_dir) / "image-folders"
-    path = folder / f"{root.name}-{_fingerprint(root, files, pre)}.npy"
+    stem = f"{_folder_stem(root)}-{pre.size}px{pre.channels}c-{pre.resample}{'-inverted' if pre.invert else ''}"
+    path = folder / f"{stem}-{content or _content_key(root, files)}.npy"
     if path.is_file():
         try:
             arr = np.load(path, mmap_mode="c")
@@ -206,16 +253,21 @@ def cached_images(root: Path, files: dict[str, list[Path]], pre: ImagePreprocess
     folder.mkdir(parents=True, exist_ok=True)
     f, tmp = open_temp(path)
     f.close()
+    pool = ThreadPoolExecutor(max(1, workers))  # Pillow decodes and resizes without the GIL
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                         shape=(len(ordered), pre.channels, pre.size, pre.size))
-        with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow decodes and resizes without the GIL
-            for i, arr in enumerate(pool.map(lambda p: decode_image(p, pre), ordered)):
-                out[i] = arr
+        for i, arr in enumerate(pool.map(lambda p: decode_image(p, pre), ordered)):
+            out[i] = arr
         out.flush()
         del out
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: the queued images are dropped, not decoded
+    for old in folder.glob(f"{glob.escape(stem)}-*.npy"):  # the entries this one replaces: written here, by name
+        if old != path and re.fullmatch(rf"{re.escape(stem)}-[0-9a-f]{{20}}\.npy", old.name):
+            old.unlink(missing_ok=True)
     return np.load(path, mmap_mode="c"), counts

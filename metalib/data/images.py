@@ -16,7 +16,8 @@ from torch import Tensor
 
 from .base import ImagePreprocess, InvalidDatasetError
 
-__all__ = ["ImagePreprocess", "IMAGE_SUFFIXES", "decode_image", "to_model_input", "image_files", "channel_stats"]
+__all__ = ["ImagePreprocess", "IMAGE_SUFFIXES", "decode_image", "resize_images", "to_model_input", "image_files",
+           "channel_stats"]
 
 #: Suffixes read as images (Pillow reads them all); other files in a class folder are ignored.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -58,18 +59,29 @@ def decode_image(source: "str | os.PathLike[str] | object", pre: ImagePreprocess
         im = im.resize((pre.size, pre.size), getattr(Image.Resampling, pre.resample.upper()))
     except (Unidentified, OSError, ValueError, SyntaxError) as exc:
         raise InvalidDatasetError(f"{name} is not an image Pillow can read ({exc}): remove it or replace it") from None
-    arr = np.asarray(im, dtype=np.uint8)
+    arr = np.array(im, dtype=np.uint8)  # a writable copy (np.asarray of a PIL image is read-only)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return 255 - arr if pre.invert else np.ascontiguousarray(arr)
+
+
+def resize_images(images: np.ndarray, pre: ImagePreprocess) -> np.ndarray:
+    """uint8 ``[n, C, H, W]`` images (decoded already, e.g. from a pickle) at ``pre``'s size; as they are if they
+    have it."""
+    if images.shape[-2:] == (pre.size, pre.size):
+        return images
+    from PIL import Image
+
+    return np.stack([decode_image(Image.fromarray(im[0] if im.shape[0] == 1 else im.transpose(1, 2, 0)), pre)
+                     for im in images])
 
 
 def to_model_input(images: Tensor, pre: ImagePreprocess) -> Tensor:
     """uint8 (0..255) or float (already in [0, 1]) images ``[..., C, H, W]`` as normalised float32 model inputs."""
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-    mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     if pre.mean == (0.0,) * pre.channels and pre.std == (1.0,) * pre.channels:
         return x
+    mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x - mean) / std
 
 

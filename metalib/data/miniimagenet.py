@@ -13,14 +13,13 @@ either of the two layouts in use:
 from __future__ import annotations
 
 import csv
-import pickle
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .base import FewShotDataset, ImagePreprocess, InvalidDatasetError
-from .images import image_files
+from .base import FewShotDataset, ImagePreprocess, InvalidDatasetError, safe_unpickle
+from .images import image_files, resize_images
 
 __all__ = ["mini_imagenet_dataset", "PICKLE_NAMES", "FETCH_HINT"]
 
@@ -62,8 +61,7 @@ def _from_pickles(paths: dict[str, Path], published: dict[str, list[str]],
     parts, names, counts = [], [], []
     for split, path in paths.items():
         try:
-            with open(path, "rb") as f:
-                d = pickle.load(f)
+            d = _load_pickle(path)
         except Exception as exc:  # truncated files raise EOFError, UnpicklingError, ValueError...
             raise InvalidDatasetError(f"{path} is not a readable pickle ({type(exc).__name__}: {exc}): download it "
                                       "again") from None
@@ -81,14 +79,7 @@ def _from_pickles(paths: dict[str, Path], published: dict[str, list[str]],
             rows = class_dict[wnid]
             if len(rows) and (rows.min() < 0 or rows.max() >= len(data)):
                 raise InvalidDatasetError(f"{path}: class_dict[{wnid!r}] indexes rows outside image_data's {len(data)}")
-            x = data[rows].transpose(0, 3, 1, 2)
-            if x.shape[-1] != pre.size or x.shape[-2] != pre.size:
-                from PIL import Image
-
-                from .images import decode_image
-
-                x = np.stack([decode_image(Image.fromarray(im.transpose(1, 2, 0)), pre) for im in x])
-            parts.append(x)
+            parts.append(resize_images(data[rows].transpose(0, 3, 1, 2), pre))
             names.append(wnid)
             counts.append(len(rows))
     order = np.argsort(names, kind="stable")
@@ -96,6 +87,16 @@ def _from_pickles(paths: dict[str, Path], published: dict[str, list[str]],
     images = np.concatenate(parts)
     images = np.concatenate([images[offsets[i]:offsets[i + 1]] for i in order]) if len(order) else images
     return images, [names[i] for i in order], [counts[i] for i in order]
+
+
+def _load_pickle(path: Path) -> object:
+    """A cache file as Ren et al.'s reader loads it: as written by Python 3, else (a Python 2 file) with bytes."""
+    try:
+        with open(path, "rb") as f:
+            return safe_unpickle(f)
+    except UnicodeDecodeError:
+        with open(path, "rb") as f:
+            return safe_unpickle(f, encoding="bytes")
 
 
 def _csv_files(folder: Path, published: dict[str, list[str]]) -> dict[str, list[Path]]:

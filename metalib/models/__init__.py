@@ -6,6 +6,9 @@ weights run per task or batched over tasks (``forward_tasks``, the :class:`TaskB
 BatchNorm is :class:`TaskBatchNorm` everywhere: per-task batch statistics, no running averages
 (:mod:`metalib.models.functional` says why).
 """
+import torch
+from torch import nn
+
 from .conv4 import Conv4, conv4
 from .functional import (TRAINING_BATCHNORM, BodyHeadModel, TaskBatchedModel, TaskBatchNorm, per_task,
                          split_body_head)
@@ -20,12 +23,14 @@ BACKBONES = ("conv4", "resnet12")
 
 
 def backbone(name: str, n_classes: int, *, in_channels: int, image_size: int, hidden: int = 64,
-             seed: int | None = None, device="cpu"):
-    """The image backbone ``name`` (``"conv4"`` or ``"resnet12"``) with ``n_classes`` outputs (0: the embedding)."""
+             drop_rate: float = 0.0, seed: int | None = None, device: torch.device | str = "cpu") -> nn.Module:
+    """The image backbone ``name`` (``"conv4"`` with ``hidden`` channels, or ``"resnet12"`` with DropBlock at
+    ``drop_rate`` in its last two blocks) for ``in_channels`` x ``image_size`` x ``image_size`` inputs, with
+    ``n_classes`` outputs (0: the embedding)."""
     if name == "conv4":
         return conv4(n_classes, in_channels=in_channels, hidden=hidden, image_size=image_size, seed=seed, device=device)
     if name == "resnet12":
-        return resnet12(n_classes, in_channels=in_channels, seed=seed, device=device)
+        return resnet12(n_classes, in_channels=in_channels, drop_rate=drop_rate, seed=seed, device=device)
     from ..errors import ArgumentError
 
     raise ArgumentError(f"model must be one of {BACKBONES}, got {name!r}")

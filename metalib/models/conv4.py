@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from ..utils import resolve_device
-from .functional import TaskBatchNorm, batchnorm_tasks, conv_tasks, linear_tasks, per_task
+from .functional import TaskBatchNorm, batchnorm_tasks, conv_tasks, per_task
+from .functional import head_tasks as linear_head_tasks
 
 __all__ = ["Conv4", "conv4"]
 
@@ -82,11 +83,7 @@ class Conv4(nn.Module):
 
     def head_tasks(self, params: dict[str, Tensor], h: Tensor) -> Tensor:
         """The head of :meth:`forward_tasks`: ``[B, n, embedding_dim]`` -> ``[B, n, n_classes]``."""
-        if isinstance(self.head, nn.Identity):
-            return h
-        B = h.shape[0]
-        return linear_tasks(h, per_task(params["head.weight"], B, self.head.weight),
-                             per_task(params["head.bias"], B, self.head.bias))
+        return linear_head_tasks(self, params, h)
 
 
 def conv4(n_classes: int = 5, *, in_channels: int = 1, hidden: int = 64, image_size: int = 28, seed: int | None = None,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["TaskBatchNorm", "TaskBatchedModel", "BodyHeadModel", "TRAINING_BATCHNORM", "per_task", "linear_tasks",
-           "conv_one_channel_nhwc", "conv_tasks", "batchnorm_tasks", "split_body_head"]
+           "conv_one_channel_nhwc", "conv_tasks", "head_tasks", "batchnorm_tasks", "split_body_head"]
 
 TRAINING_BATCHNORM = "transductive"  # in training, BatchNorm uses each task's own batch statistics (the evaluation
 # modes, transductive and inductive, are metalib.inner.BATCHNORM_MODES)
@@ -110,6 +110,16 @@ def linear_tasks(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
 
 
+
+
+def head_tasks(model: nn.Module, params: dict[str, Tensor], h: Tensor) -> Tensor:
+    """A backbone's linear ``head`` (or none: ``nn.Identity``) on embeddings ``h`` ``[B, n, D]`` with ``params``
+    shared or per task: ``[B, n, n_classes]`` (``h`` itself without a head)."""
+    if isinstance(model.head, nn.Identity):
+        return h
+    B = h.shape[0]
+    return linear_tasks(h, per_task(params["head.weight"], B, model.head.weight),
+                        per_task(params["head.bias"], B, model.head.bias))
 
 
 def conv_tasks(h: Tensor, weight: Tensor, bias: Tensor | None, tasks: int, layer: nn.Conv2d,

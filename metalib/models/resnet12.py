@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils import resolve_device
-from .functional import TaskBatchNorm, batchnorm_tasks, conv_tasks, linear_tasks, per_task
+from .functional import TaskBatchNorm, batchnorm_tasks, conv_tasks, per_task
+from .functional import head_tasks as linear_head_tasks
 
 __all__ = ["ResNet12", "ResidualBlock", "resnet12"]
 
@@ -124,11 +125,7 @@ class ResNet12(nn.Module):
 
     def head_tasks(self, params: dict[str, Tensor], h: Tensor) -> Tensor:
         """``[B, n, embedding_dim]`` -> ``[B, n, n_classes]`` (the embedding itself without a head)."""
-        if isinstance(self.head, nn.Identity):
-            return h
-        B = h.shape[0]
-        return linear_tasks(h, per_task(params["head.weight"], B, self.head.weight),
-                            per_task(params["head.bias"], B, self.head.bias))
+        return linear_head_tasks(self, params, h)
 
 
 def resnet12(n_classes: int = 5, *, in_channels: int = 3, widths: tuple[int, ...] = (64, 160, 320, 640),

@@ -121,7 +121,8 @@ class EpisodeSampler(TaskSampler):
     def __repr__(self) -> str:
         return (
             f"EpisodeSampler({self.ways}-way {self.shots}-shot {self.queries}-query, "
-            f"{self.num_classes} classes x {self.drawings}, seed={self.seed}, device={self.device})"
+            f"{self.num_classes} classes x {'up to ' if self._offsets is not None else ''}{self.drawings}, "
+            f"seed={self.seed}, device={self.device})"
         )
 
     def _draw(self, index: int) -> tuple[Tensor, Tensor]:

@@ -245,10 +245,11 @@ def task_structure(meta_train: TaskBatch, meta_test: TaskBatch, *, n_train: int 
 
 def _displayable(image: Any) -> np.ndarray:
     """One image ``[C, H, W]`` (uint8, floats in [0, 1], or normalised floats) as ``[H, W]`` or ``[H, W, 3]`` in [0, 1]."""
-    a = to_numpy(image).astype(np.float32)
+    raw = to_numpy(image)
+    a = raw.astype(np.float32)
     if a.ndim == 3:
         a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
-    if a.max(initial=0.0) > 1.0 and a.min(initial=0.0) >= 0:
+    if np.issubdtype(raw.dtype, np.integer):  # stored pixels, 0..255
         return a / 255.0
     if a.min(initial=0.0) < 0 or a.max(initial=0.0) > 1:  # normalised model inputs: stretched for display
         return (a - a.min()) / max(float(a.max() - a.min()), 1e-8)
