@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from metalib.inner import adapt
-from metalib.algorithms import anil, fomaml, maml, metasgd, protonet, reptile
+from metalib.algorithms import anil, fomaml, maml, metasgd, protonet, r2d2, reptile
 from metalib.models import conv4, mlp
 from metalib.tasks import TaskBatch
 from reference import flat, naive_meta_gradient, omniglot_like_batch, sine_batch
@@ -304,3 +304,18 @@ def test_a_user_defined_problem_gives_the_same_losses_under_every_strategy():
     for s, (loss, score) in losses.items():
         torch.testing.assert_close(loss, torch.stack(naive), rtol=1e-10, atol=1e-12, msg=s)
         torch.testing.assert_close(score, torch.stack(naive).detach(), rtol=1e-10, atol=1e-12, msg=s)
+
+
+@pytest.mark.parametrize("make", [protonet, r2d2], ids=["protonet", "r2d2"])
+def test_embedding_learners_on_worker_threads_give_the_single_pass_meta_gradient(make, two_or_more_threads):
+    """On a CPU ProtoNets and R2D2 run their tasks over worker threads (PerTaskGradients), as the inner-loop
+    learners do; the meta-gradient is the one pass of grouped convolutions' (one thread takes that path)."""
+    learner = make(conv4(0, hidden=8, seed=0).double())
+    batch = omniglot_like_batch(tasks=4, queries=3)
+    assert learner._threaded(batch)
+    threaded, metrics = learner.meta_gradient(batch)
+    torch.set_num_threads(1)
+    assert not learner._threaded(batch)
+    single, reference = learner.meta_gradient(batch)
+    assert (flat(list(threaded.values())) - flat(list(single.values()))).abs().max() < 1e-12
+    assert metrics == pytest.approx(reference) and flat(list(single.values())).abs().max() > 1e-3

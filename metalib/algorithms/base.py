@@ -6,7 +6,9 @@ from torch import Tensor, nn
 
 from ..errors import ArgumentError
 from ..inner import check_batchnorm, forward_adapted, forward_inductive, per_query
-from ..models import TRAINING_BATCHNORM
+from ..inner.per_task import PerTaskGradients
+from ..inner.workers import chunks
+from ..models import TRAINING_BATCHNORM, TaskBatchedModel
 from ..problems import CLASSIFICATION, Problem
 from ..tasks import TaskBatch
 from ..params import Params
@@ -87,29 +89,58 @@ def adapted_outputs(model: nn.Module, adapted: dict[str, Tensor], batch: TaskBat
         return forward_adapted(model, adapted, batch.query_x)
 
 
-def embed_episode(model: nn.Module, batch: TaskBatch) -> tuple[Tensor, Tensor, int]:
+def embed_episode(model: nn.Module, batch: TaskBatch, params: Params | None = None) -> tuple[Tensor, Tensor, int]:
     """Support and query embeddings ``[B, N*K, D]``, ``[B, N*Q, D]`` and the number of ways. Both sets go through
-    ``model`` in one batch per task, so BatchNorm statistics are per task (transductive), as in the MAML family."""
+    ``model`` (with ``params``, default its own) in one batch per task, so BatchNorm statistics are per task
+    (transductive), as in the MAML family."""
     x = torch.cat([batch.support_x, batch.query_x], dim=1)
-    z = forward_adapted(model, dict(model.named_parameters()), x)
+    z = forward_adapted(model, dict(model.named_parameters()) if params is None else params, x)
     n_support = batch.support_x.shape[1]
     return z[:, :n_support], z[:, n_support:], int(batch.support_y.max()) + 1
 
 
 class EpisodeClassifier(MetaLearner):
     """A learner whose adaptation is one differentiable function of the support set (no inner loop):
-    ``logits(batch) -> [B, N*Q, N]``; training and evaluation follow from it."""
+    ``logits(batch) -> [B, N*Q, N]``; training and evaluation follow from it.
+
+    A learner that also writes its logits as a pure function of its meta-parameters, ``logits_with(params, batch)``
+    (ProtoNets, R2D2), is trained as the inner-loop learners are on a CPU: the meta-batch's tasks over worker
+    threads, each task's gradient taken as soon as its loss is known (:class:`~metalib.inner.per_task.
+    PerTaskGradients`), instead of one pass of grouped convolutions over the whole meta-batch, which was measured
+    slower there (BENCHMARKS.md)."""
 
     problem = CLASSIFICATION
 
     def logits(self, batch: TaskBatch) -> Tensor:
         raise NotImplementedError
 
+    def logits_with(self, params: Params, batch: TaskBatch) -> Tensor:
+        """``logits(batch)`` with the meta-parameters ``params`` (keyed as :meth:`meta_parameters`), touching no
+        module state, so that tasks can run on worker threads; learners that cannot leave it unimplemented."""
+        raise NotImplementedError
+
+    def _threaded(self, batch: TaskBatch) -> bool:
+        model = getattr(self, "model", None)
+        return (type(self).logits_with is not EpisodeClassifier.logits_with and batch.device.type == "cpu"
+                and len(batch) > 1 and torch.get_num_threads() > 1 and isinstance(model, TaskBatchedModel))
+
+    def task_losses(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        """Query loss and score of every task, ``[B]`` each (the loss differentiable in the meta-parameters)."""
+        if not (torch.is_grad_enabled() and self._threaded(batch)):
+            logits = self.logits(batch)
+            return self.problem.task_loss(logits, batch.query_y), self.problem.task_score(logits.detach(), batch.query_y)
+        keys, inputs = zip(*self.meta_parameters().items())
+
+        def run(leaves: list[Tensor], i: int) -> tuple[Tensor, Tensor]:
+            task = batch[i:i + 1]
+            logits = self.logits_with(dict(zip(keys, leaves)), task)
+            return self.problem.task_loss(logits, task.query_y)[0], self.problem.task_score(logits.detach(), task.query_y)[0]
+        return PerTaskGradients.apply(run, chunks(len(batch), parallel=True), *inputs)
+
     def meta_gradient(self, batch: TaskBatch) -> tuple[Params, dict[str, float]]:
-        logits = self.logits(batch)
-        loss = self.problem.task_loss(logits, batch.query_y).mean()
-        score = self.problem.task_score(logits.detach(), batch.query_y).mean()
-        return self._grads(loss), {"loss": loss.item(), self.problem.score_name: score.item()}
+        losses, scores = self.task_losses(batch)
+        loss = losses.mean()
+        return self._grads(loss), {"loss": loss.item(), self.problem.score_name: scores.mean().item()}
 
     def query_outputs(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
         with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..params import Params
 from ..tasks import TaskBatch
 from .base import EpisodeClassifier, embed_episode
 from .registry import LearnerSpec, NoSettings, register
@@ -30,7 +31,10 @@ class ProtoNet(EpisodeClassifier):
 
     def logits(self, batch: TaskBatch) -> Tensor:
         """Query logits ``[B, N*Q, N]``: negative squared distances to the class prototypes."""
-        zs, zq, ways = embed_episode(self.model, batch)
+        return self.logits_with(self.meta_parameters(), batch)
+
+    def logits_with(self, params: Params, batch: TaskBatch) -> Tensor:
+        zs, zq, ways = embed_episode(self.model, batch, params)
         onehot = F.one_hot(batch.support_y, ways).to(zs.dtype)  # [B, N*K, N]
         protos = onehot.transpose(1, 2) @ zs / onehot.sum(1).unsqueeze(-1)  # [B, N, D]
         # |q - p|^2 = |q|^2 - 2 q.p + |p|^2: no [B, N*Q, N, D] intermediate for wide embeddings

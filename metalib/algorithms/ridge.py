@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ArgumentError
+from ..params import Params
 from ..tasks import TaskBatch
 from .base import EpisodeClassifier, embed_episode
 from .registry import LearnerSpec, Settings, register, setting
@@ -54,9 +55,13 @@ class R2D2(EpisodeClassifier):
 
     def logits(self, batch: TaskBatch) -> Tensor:
         """Query logits ``[B, N*Q, N]`` of each task's ridge head."""
-        zs, zq, ways = embed_episode(self.model, batch)
-        w = ridge_head(zs, batch.support_y, ways, self.log_lam.exp().to(zs.dtype))
-        return self.log_scale.exp().to(zs.dtype) * (zq @ w) + self.bias.to(zs.dtype)
+        return self.logits_with(self.meta_parameters(), batch)
+
+    def logits_with(self, params: Params, batch: TaskBatch) -> Tensor:
+        model = {k.removeprefix("model."): v for k, v in params.items() if k.startswith("model.")}
+        zs, zq, ways = embed_episode(self.model, batch, model)
+        w = ridge_head(zs, batch.support_y, ways, params["log_lam"].exp().to(zs.dtype))
+        return params["log_scale"].exp().to(zs.dtype) * (zq @ w) + params["bias"].to(zs.dtype)
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "lambda": self.log_lam.exp().item(), "scale": self.log_scale.exp().item()}
