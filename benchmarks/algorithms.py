@@ -19,7 +19,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from metalib import EpisodeSampler, conv4, resolve_device  # noqa: E402
 from metalib.algorithms import (anil, attention_learner, fomaml, imaml, maml, mamlpp, metasgd, protomaml,  # noqa: E402
                                 protonet, r2d2, reptile)
-from metalib.profiling import cpu_name, measure  # noqa: E402
+from metalib.profiling import cpu_name, interleaved_times, measure  # noqa: E402
 
 LEARNERS = {
     "MAML, 1 step": lambda m: maml(m(5), steps=1),
@@ -65,16 +64,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)  # the graph hooks are thread-local: one thread, so the threads engine's tasks are seen
     memory = {n: measure(fn, device)[1].graph_mib for n, fn in steps.items()}  # also the warm-up
     torch.set_num_threads(threads)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(a.repeats):
-        for n, fn in steps.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[n].append(time.perf_counter() - t)
+    times = interleaved_times(steps, a.repeats, device)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
     print(f"{where}; torch {torch.__version__}; meta-batch {a.meta_batch}, 5-way 1-shot, 15 queries, conv4-64; "

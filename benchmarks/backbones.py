@@ -18,7 +18,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from metalib import EpisodeSampler, resolve_device  # noqa: E402
 from metalib.algorithms import maml, protonet  # noqa: E402
 from metalib.models import conv4, resnet12  # noqa: E402
-from metalib.profiling import cpu_name, measure  # noqa: E402
+from metalib.profiling import cpu_name, interleaved_times, measure  # noqa: E402
 
 CONFIGS = {
     ("MAML, 1 step", "conv4-32"): lambda dev: maml(conv4(5, in_channels=3, hidden=32, image_size=84, seed=0,
@@ -58,16 +57,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)  # the graph hooks are thread-local: one thread, so the threads engine's tasks are seen
     memory = {key: measure(fn, device)[1].graph_mib for key, fn in steps.items()}  # also the warm-up
     torch.set_num_threads(threads)
-    times: dict = {key: [] for key in steps}
-    for _ in range(a.repeats):
-        for key, fn in steps.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[key].append(time.perf_counter() - t)
+    times = interleaved_times(steps, a.repeats, device)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {threads} threads"
     print(f"{where}; torch {torch.__version__}; 5-way 1-shot, 15 queries per class, 84x84x3; MAML meta-batch "

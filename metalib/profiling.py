@@ -12,7 +12,7 @@ import torch
 
 from .utils import resolve_device
 
-__all__ = ["Cost", "measure", "cpu_name", "History"]
+__all__ = ["Cost", "measure", "interleaved_times", "cpu_name", "History"]
 
 
 @dataclass
@@ -116,3 +116,21 @@ class History:
         import pandas as pd
 
         return pd.DataFrame(self.rows)
+
+
+def interleaved_times(fns: dict, repeats: int, device: torch.device | str = "cpu") -> dict:
+    """Seconds per call of each of ``fns`` (name -> zero-argument function), timed in ``repeats`` interleaved rounds
+    (each round calls every function once, in turn), so a slow spell of a shared machine hits all alike; returns
+    ``{name: [seconds per round]}``. CUDA work is synchronised before and after each call."""
+    device = resolve_device(device)
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times

@@ -169,3 +169,27 @@ def contract_case(name: str, seed: int = 0):
         make = lambda s: EpisodeSampler(images, ways=5, shots=2, queries=2, seed=s)  # noqa: E731
     learner = make_learner(name, model, problem=problem, ways=5, seed=seed, settings=settings)
     return learner, make(1), make(2)
+
+
+def directional_derivatives(learner, model, batch, grads: dict, eps: float = 1e-6) -> tuple[float, float, dict]:
+    """``(numeric, analytic, direction)``: the query loss's derivative along a random unit direction in the model's
+    parameters, by central differences of ``learner.query_losses`` (``eps`` small: ReLU, LeakyReLU and max-pool kinks
+    make larger steps unreliable) and from the meta-gradient ``grads``."""
+    params = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(1)
+    direction = {k: torch.randn(p.shape, generator=g) for k, p in params.items()}
+    norm = torch.sqrt(sum((d ** 2).sum() for d in direction.values()))
+    direction = {k: d / norm for k, d in direction.items()}  # unit step: eps means what it says
+    analytic = sum((grads[k] * direction[k]).sum() for k in params).item()
+
+    def loss_at(step: float) -> float:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.add_(step * direction[k])
+        value = learner.query_losses(batch)[0].mean().item()
+        with torch.no_grad():
+            for k, p in params.items():
+                p.sub_(step * direction[k])
+        return value
+
+    return (loss_at(eps) - loss_at(-eps)) / (2 * eps), analytic, direction

@@ -11,7 +11,7 @@ from metalib.algorithms import anil, fomaml, maml, mamlpp, protonet
 from metalib.models import ResNet12, conv4, resnet12
 from metalib.models.resnet12 import drop_block
 from metalib.tasks import TaskBatch
-from reference import flat, naive_meta_gradient
+from reference import directional_derivatives, flat, naive_meta_gradient
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 STRATEGIES = ["batched", "vmap", "loop", "threads"]
@@ -70,24 +70,7 @@ def test_second_order_meta_gradient_matches_finite_differences(strategy, two_or_
     batch = rgb_batch(queries=3)
     grads = learner.meta_gradient(batch)[0]
     params = dict(model.named_parameters())
-    g = torch.Generator().manual_seed(1)
-    direction = {k: torch.randn(p.shape, generator=g) for k, p in params.items()}
-    norm = torch.sqrt(sum((d ** 2).sum() for d in direction.values()))
-    direction = {k: d / norm for k, d in direction.items()}
-    analytic = sum((grads[k] * direction[k]).sum() for k in params).item()
-
-    def loss_at(eps: float) -> float:
-        with torch.no_grad():
-            for k, p in params.items():
-                p.add_(eps * direction[k])
-        value = learner.query_losses(batch)[0].mean().item()
-        with torch.no_grad():
-            for k, p in params.items():
-                p.sub_(eps * direction[k])
-        return value
-
-    eps = 1e-6  # LeakyReLU and max-pool kinks: a small step along a unit direction
-    numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+    numeric, analytic, direction = directional_derivatives(learner, model, batch, grads)
     assert numeric == pytest.approx(analytic, rel=1e-5, abs=1e-8)
     first_order = fomaml(model, inner_lr=0.3, steps=2, strategy=strategy).meta_gradient(batch)[0]
     assert abs(sum((first_order[k] * direction[k]).sum() for k in params).item() - analytic) > 1e-4 * abs(analytic)

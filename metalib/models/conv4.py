@@ -6,13 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from ..utils import resolve_device
-from .functional import TaskBatchNorm, batchnorm_tasks, conv_tasks, per_task
-from .functional import head_tasks as linear_head_tasks
+from .functional import TaskBatchedBackbone, TaskBatchNorm, batchnorm_tasks, conv_tasks, per_task
 
 __all__ = ["Conv4", "conv4"]
 
 
-class Conv4(nn.Module):
+class Conv4(TaskBatchedBackbone):
     """Four blocks of [3x3 conv (hidden channels), BatchNorm, 2x2 max-pool, ReLU], then a linear head.
 
     28x28 inputs shrink to 14, 7, 3, 1, so the head sees ``hidden`` features.
@@ -42,21 +41,6 @@ class Conv4(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-    def forward_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
-                      channels_last: bool = False) -> Tensor:
-        """Every task of a meta-batch in one pass: ``x`` is ``[B, n, C, H, W]``, each parameter is
-        either shared (its usual shape) or per task (``[B, *shape]``); returns ``[B, n, out]``.
-
-        Tasks are stacked along channels, ``[n, B*C, H, W]``, so each conv is one grouped
-        convolution and ``F.batch_norm`` over ``B*C`` channels gives per-task statistics.
-        ``second_order`` is a speed hint, never a change in the numbers: the graph of this pass will
-        be differentiated twice (second-order inner steps), see :meth:`embed_tasks`.
-        """
-        return self.head_tasks(params, self.embed_tasks(params, x, second_order, channels_last))
-
     def embed_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
                     channels_last: bool = False) -> Tensor:
         """The body of :meth:`forward_tasks`: ``[B, n, C, H, W]`` -> ``[B, n, embedding_dim]``.
@@ -81,9 +65,6 @@ class Conv4(nn.Module):
                 h = layer(h)
         return h
 
-    def head_tasks(self, params: dict[str, Tensor], h: Tensor) -> Tensor:
-        """The head of :meth:`forward_tasks`: ``[B, n, embedding_dim]`` -> ``[B, n, n_classes]``."""
-        return linear_head_tasks(self, params, h)
 
 
 def conv4(n_classes: int = 5, *, in_channels: int = 1, hidden: int = 64, image_size: int = 28, seed: int | None = None,

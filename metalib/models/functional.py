@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["TaskBatchNorm", "TaskBatchedModel", "BodyHeadModel", "TRAINING_BATCHNORM", "per_task", "linear_tasks",
-           "conv_one_channel_nhwc", "conv_tasks", "head_tasks", "batchnorm_tasks", "split_body_head"]
+           "conv_one_channel_nhwc", "conv_tasks", "TaskBatchedBackbone", "batchnorm_tasks", "split_body_head"]
 
 TRAINING_BATCHNORM = "transductive"  # in training, BatchNorm uses each task's own batch statistics (the evaluation
 # modes, transductive and inductive, are metalib.inner.BATCHNORM_MODES)
@@ -112,14 +112,34 @@ def linear_tasks(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
 
 
-def head_tasks(model: nn.Module, params: dict[str, Tensor], h: Tensor) -> Tensor:
-    """A backbone's linear ``head`` (or none: ``nn.Identity``) on embeddings ``h`` ``[B, n, D]`` with ``params``
-    shared or per task: ``[B, n, n_classes]`` (``h`` itself without a head)."""
-    if isinstance(model.head, nn.Identity):
-        return h
-    B = h.shape[0]
-    return linear_tasks(h, per_task(params["head.weight"], B, model.head.weight),
-                        per_task(params["head.bias"], B, model.head.bias))
+class TaskBatchedBackbone(nn.Module):
+    """What conv4 and ResNet-12 share: ``features`` then a linear ``head`` (``nn.Identity`` for an embedding), run
+    per task or for a whole meta-batch; a subclass writes its body once, in ``embed_tasks``."""
+
+    features: nn.Module
+    head: nn.Module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+    def embed_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
+                    channels_last: bool = False) -> Tensor:
+        raise NotImplementedError
+
+    def forward_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
+                      channels_last: bool = False) -> Tensor:
+        """Every task of a meta-batch in one pass: ``x`` is ``[B, n, C, H, W]``, each parameter is either shared (its
+        usual shape) or per task (``[B, *shape]``); returns ``[B, n, out]``. ``second_order`` and ``channels_last``
+        are the engines' hints (:class:`TaskBatchedModel`); they never change the numbers."""
+        return self.head_tasks(params, self.embed_tasks(params, x, second_order, channels_last))
+
+    def head_tasks(self, params: dict[str, Tensor], h: Tensor) -> Tensor:
+        """The head on embeddings ``h`` ``[B, n, D]``: ``[B, n, n_classes]`` (``h`` itself without a head)."""
+        if isinstance(self.head, nn.Identity):
+            return h
+        B = h.shape[0]
+        return linear_tasks(h, per_task(params["head.weight"], B, self.head.weight),
+                            per_task(params["head.bias"], B, self.head.bias))
 
 
 def conv_tasks(h: Tensor, weight: Tensor, bias: Tensor | None, tasks: int, layer: nn.Conv2d,

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils import resolve_device
-from .functional import TaskBatchNorm, batchnorm_tasks, conv_tasks, per_task
-from .functional import head_tasks as linear_head_tasks
+from .functional import TaskBatchedBackbone, TaskBatchNorm, batchnorm_tasks, conv_tasks, per_task
 
 __all__ = ["ResNet12", "ResidualBlock", "resnet12"]
 
@@ -81,7 +80,7 @@ class ResidualBlock(nn.Module):
         return self._out(out + bn("shortcut_bn", conv("shortcut", h)))
 
 
-class ResNet12(nn.Module):
+class ResNet12(TaskBatchedBackbone):
     """ResNet-12 (``widths`` 64-160-320-640 by default) with a linear head of ``n_classes`` outputs; with
     ``n_classes=0`` it returns its ``widths[-1]``-dimensional embedding (ProtoNets, R2D2). ``drop_rate`` > 0 turns
     on DropBlock in the last two blocks while training (RFS: 0.1, block size 5)."""
@@ -103,15 +102,6 @@ class ResNet12(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-    def forward_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
-                      channels_last: bool = False) -> Tensor:
-        """Every task of a meta-batch in one pass (as :meth:`metalib.models.Conv4.forward_tasks`):
-        ``x`` ``[B, n, C, H, W]`` -> ``[B, n, n_classes]``."""
-        return self.head_tasks(params, self.embed_tasks(params, x, second_order, channels_last))
-
     def embed_tasks(self, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
                     channels_last: bool = False) -> Tensor:
         """``[B, n, C, H, W]`` -> ``[B, n, embedding_dim]``, tasks stacked along channels (grouped convolutions)."""
@@ -123,9 +113,6 @@ class ResNet12(nn.Module):
             h = block.forward_tasks(params, f"features.{i}.", h, B, second_order, channels_last)
         return h.mean(dim=(2, 3)).view(n, B, -1).transpose(0, 1)
 
-    def head_tasks(self, params: dict[str, Tensor], h: Tensor) -> Tensor:
-        """``[B, n, embedding_dim]`` -> ``[B, n, n_classes]`` (the embedding itself without a head)."""
-        return linear_head_tasks(self, params, h)
 
 
 def resnet12(n_classes: int = 5, *, in_channels: int = 3, widths: tuple[int, ...] = (64, 160, 320, 640),
