@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/data),)
 export METALIB_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: venv run test lab demo baselines clean
+.PHONY: venv run test lab demo baselines book clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ lab: venv            ## open the collection in JupyterLab with the project's ker
 
 demo: venv           ## a short meta-train + evaluate demo without notebooks
 	$(PY) -m metalib.demo
+
+book: venv           ## the executed notebooks as an HTML site in output/book/html/ (after `make run`)
+	$(PY) -m metalib.runner book $(ARGS)
 
 baselines: venv      ## re-record the notebook metric baselines in tests/baselines/
 	$(PY) -m metalib.runner run --profile quick --update-baselines $(ARGS)

@@ -13,6 +13,7 @@ from .algorithms import MetaLearner
 from .execution import LOCAL, Execution
 from .inner import check_batchnorm, forward_adapted
 from .tasks import TaskBatch, check_count as _check_count
+from .utils import show_progress
 
 __all__ = ["EvalResult", "evaluate", "confidence_interval", "adaptation_curve", "adapted_predictions"]
 
@@ -56,7 +57,7 @@ class EvalResult:
 
 def evaluate(learner: MetaLearner, sampler, *, n_tasks: int = 600, steps: int | None = None, batch_size: int = 32,
              progress: bool = False, execution: Execution = LOCAL, batchnorm: str = "transductive") -> EvalResult:
-    """Score ``learner`` on tasks ``0 .. n_tasks-1`` of ``sampler`` (a fixed, reproducible test set).
+    """Score ``learner`` on tasks ``0`` to ``n_tasks - 1`` of ``sampler`` (a fixed, reproducible test set).
 
     ``steps`` is the number of adaptation steps at test time (the learner's own by default).
     ``batchnorm``: ``"transductive"`` (a task's queries pass through the network together) or ``"inductive"``
@@ -72,7 +73,7 @@ def evaluate(learner: MetaLearner, sampler, *, n_tasks: int = 600, steps: int | 
     was_training = learner.training
     learner.eval()
     try:
-        for start in tqdm(range(0, len(idx), batch_size), desc="evaluate", leave=False, disable=not progress):
+        for start in tqdm(range(0, len(idx), batch_size), desc="evaluate", leave=False, disable=not show_progress(progress)):
             batch = sampler.batch(idx[start:start + batch_size])
             scores.append(learner.evaluate_batch(batch, steps=steps, batchnorm=batchnorm).detach())
     finally:

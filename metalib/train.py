@@ -28,6 +28,7 @@ from .outputs import OutputInUseError, OutputLock
 from .evaluate import evaluate
 from .execution import LOCAL, Execution
 from .tasks import TaskBatch, check_count
+from .utils import show_progress
 from .params import Params
 
 __all__ = ["meta_train", "make_optimizer", "NonFiniteError", "TrainingInterrupted"]
@@ -191,7 +192,7 @@ def _meta_train(learner, sampler, steps, meta_batch, optimizer, scheduler, val_s
 
     learner.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=learner.name,
-               disable=not (progress and execution.is_main))
+               disable=not (show_progress(progress) and execution.is_main))
     clock, cpu_clock = time.perf_counter(), time.process_time()
     done = start
     for step in bar:

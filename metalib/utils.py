@@ -1,6 +1,7 @@
 """Small helpers every notebook uses: picking a device, seeding, and the two together (:func:`setup`)."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -18,6 +19,15 @@ _TYPES = ("cpu", "cuda", "mps")
 class DeviceError(UserError, ValueError, RuntimeError):
     """An unknown device name, or a device this machine does not have (also a ``RuntimeError``,
     which is what an unavailable device raised before)."""
+
+
+PROGRESS_ENV = "METALIB_PROGRESS"
+
+
+def show_progress(progress: bool = True) -> bool:
+    """Whether to draw a progress bar: ``progress``, unless ``METALIB_PROGRESS=0`` (set by the notebook runner,
+    whose batch runs have no one watching and would store the bars in the executed notebooks)."""
+    return progress and os.environ.get(PROGRESS_ENV, "1") != "0"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -1,6 +1,7 @@
 """Shared fixtures. The real Omniglot copy is found via METALIB_DATA_DIR or ../shared/data."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -173,15 +174,12 @@ def served(tmp_path: Path) -> tuple[str, bytes]:
     return src.as_uri(), payload
 
 
-@pytest.fixture
-def http_folder(tmp_path: Path):
-    """``(folder, base URL)``: an HTTP server on the loopback address serving ``folder`` (the downloads' tests)."""
+@contextlib.contextmanager
+def serve_folder(folder: Path):
+    """The base URL of an HTTP server on the loopback address serving ``folder``, for the ``with`` block."""
     import functools
     import threading
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    folder = tmp_path / "www"
-    folder.mkdir()
 
     class Quiet(SimpleHTTPRequestHandler):
         def log_message(self, *args):
@@ -191,10 +189,49 @@ def http_folder(tmp_path: Path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def http_folder(tmp_path: Path):
+    """``(folder, base URL)``: an HTTP server on the loopback address serving ``folder`` (the downloads' tests)."""
+    folder = tmp_path / "www"
+    folder.mkdir()
+    with serve_folder(folder) as url:
+        yield folder, url
+
+
+BOOK_NOTEBOOKS = ("00", "02")  # the book's tests build it from these two, the quickest to execute
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory, omniglot_data_dir):
+    """``(site, sources)``: the book built from notebooks 00 and 02 executed (quick profile) for this session."""
+    pytest.importorskip("myst_nb", reason="the book's packages are in requirements.txt (metalib[book])")
+    from metalib.runner import discover_notebooks, find_project, run_notebook, select_notebooks
+    from metalib.runner.book import build_book, executed_sources
+
+    project = find_project(REPO_ROOT)
+    work = tmp_path_factory.mktemp("book")
+    paths = select_notebooks(discover_notebooks(project.notebooks_dir), BOOK_NOTEBOOKS)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("METALIB_DATA_DIR", str(omniglot_data_dir))  # the kernels' data
+        for path in paths:
+            result = run_notebook(path, work / "output" / "quick", profile="quick")
+            assert result.ok, f"{path.name}: {result.error}"
+    sources = executed_sources(paths, work / "output")
+    site = build_book(sources, REPO_ROOT / "book", REPO_ROOT / "README.md", work / "book", log=lambda msg: None)
+    return site, sources
+
+
+@pytest.fixture(scope="session")
+def book_url(built_book):
+    """The built book served over HTTP on the loopback address (as a reader's browser would load it)."""
+    with serve_folder(built_book[0]) as url:
+        yield url
 
 
 @pytest.fixture

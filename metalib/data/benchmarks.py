@@ -1,13 +1,13 @@
 """The natural-image few-shot benchmarks by name, each with its published class split shipped as package data.
 
-===================  =====================================  ===========  ==========================================
-name                 paper (split)                          classes      source
-===================  =====================================  ===========  ==========================================
-``cifar-fs``         Bertinetto et al. 2019                 64/16/20     CIFAR-100 python archive (download, md5)
-``fc100``            Oreshkin et al. 2018 (by superclass)   60/20/20     CIFAR-100 python archive (download, md5)
-``mini-imagenet``    Vinyals et al. 2016; Ravi & Larochelle 64/16/20     a local copy only (no canonical download)
-``cub``              Wah et al. 2011; Chen et al. 2019      100/50/50    CUB_200_2011.tgz (download, md5)
-===================  =====================================  ===========  ==========================================
+===================  =======================================  ===========  ==========================================
+name                 paper (split)                            classes      source
+===================  =======================================  ===========  ==========================================
+``cifar-fs``         Bertinetto et al. 2019                   64/16/20     CIFAR-100 python archive (download, md5)
+``fc100``            Oreshkin et al. 2018 (by superclass)     60/20/20     CIFAR-100 python archive (download, md5)
+``mini-imagenet``    Vinyals et al. 2016; Ravi & Larochelle   64/16/20     a local copy only (no canonical download)
+``cub``              Wah et al. 2011; Chen et al. 2019        100/50/50    CUB_200_2011.tgz (download, md5)
+===================  =======================================  ===========  ==========================================
 
 ``load_dataset(name_or_folder)`` reads a benchmark (looked for in ``METALIB_DATA_DIR``, then the cache folder,
 then downloaded where a canonical source exists) or a folder of your own images (:mod:`metalib.data.folder`).

@@ -65,7 +65,7 @@ def forward_inductive(model: nn.Module, params: Params, support_x: Tensor, query
 
 def single_query_episodes(batch: TaskBatch, pairs: tuple[Tensor, Tensor] | None = None) -> TaskBatch:
     """Every query of every task as an episode of its own, task-major (task ``b``'s queries are episodes
-    ``b*Q .. b*Q+Q-1``): the task's support set and one query. ``pairs`` (task and query indices) picks some."""
+    ``b*Q`` to ``b*Q+Q-1``): the task's support set and one query. ``pairs`` (task and query indices) picks some."""
     B, Q = batch.query_y.shape[:2]
     t, q = pairs if pairs is not None else _pairs(B, Q, 0, B * Q, batch.query_y.device)
     return TaskBatch(batch.support_x[t], batch.support_y[t], batch.query_x[t, q].unsqueeze(1),

@@ -11,6 +11,8 @@
 * :mod:`~metalib.runner.kernels`: the Jupyter kernel, with a fallback to the current interpreter.
 * :mod:`~metalib.runner.notebooks`: running notebooks (timeouts, failing cells, metrics) and the summary.
 * :mod:`~metalib.runner.baselines`: baseline files, tolerances and the comparison.
+* :mod:`~metalib.runner.book`: the executed notebooks as an HTML book (``python -m metalib.runner book``);
+  imported on use, as it needs the ``book`` extra.
 
 Notebooks record their metrics with :func:`metalib.metrics.record_metric`.
 """

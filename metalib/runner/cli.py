@@ -6,6 +6,7 @@
                                  [--timeout SECONDS] [--kernel NAME] [--jobs N] [--output-dir DIR]
                                  [--notebooks-dir DIR] [--baselines-dir DIR] [--update-baselines]
     python -m metalib.runner list [--notebooks-dir DIR] [--baselines-dir DIR]
+    python -m metalib.runner book [--only SEL [SEL ...]] [--profile {auto,quick,full}]
 
 ``run`` executes every ``notebooks/NN_name.ipynb`` (sorted by name) or a selection (``--only 02 maml``:
 a number selects by the ``NN`` prefix, anything else by name substring) into ``output/<profile>/``
@@ -15,6 +16,8 @@ a number selects by the ``NN`` prefix, anything else by name substring) into ``o
 0 means none). ``--kernel`` defaults to the ``metalib`` kernel (``make venv`` installs it); a kernel that
 is not installed falls back to the interpreter running this command. ``make run`` and ``make baselines``
 call this command. ``list`` shows the notebooks with their parameters and whether a baseline exists.
+``book`` (``make book``) renders the executed notebooks as an HTML site in ``output/book/html/``
+(:mod:`metalib.runner.book`).
 
 ``notebooks/``, ``output/`` and ``tests/baselines/`` are those of the project folder found from the
 working directory (see :mod:`metalib.runner.project`); ``--notebooks-dir``, ``--output-dir`` and
@@ -112,6 +115,11 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="default output/<profile>/ of the project")
     run.add_argument("--update-baselines", action="store_true",
                      help="rewrite tests/baselines/<stem>.json from this run (quick profile only)")
+
+    book = sub.add_parser("book", help="render the executed notebooks as an HTML book in output/book/html/")
+    book.add_argument("--only", nargs="+", metavar="SEL", help="the notebooks to put in the book (default all)")
+    book.add_argument("--profile", choices=("auto", *PROFILES), default="auto",
+                      help="whose executed copies: auto takes output/full/ where it has one, else output/quick/")
 
     lst = sub.add_parser("list", help="list the notebooks, their parameters and baselines")
     for command, baselines_help in ((run, "where --update-baselines writes"), (lst, "where the baselines are")):
@@ -221,11 +229,38 @@ def _safe_params(path: Path) -> dict[str, Parameter] | None:
         return None
 
 
+def _cmd_book(args: argparse.Namespace) -> int:
+    from .book import BOOK_PROFILES, BookError, build_book, check_site, executed_sources
+
+    try:
+        project = find_project()
+    except ProjectNotFoundError as exc:
+        raise _UsageError(f"{exc}; run `make book` from inside the project") from None
+    root = project.notebooks_dir.parent
+    try:
+        paths = select_notebooks(discover_notebooks(project.notebooks_dir), args.only)
+    except LookupError as exc:
+        raise _UsageError(str(exc)) from None
+    profiles = BOOK_PROFILES if args.profile == "auto" else (args.profile,)
+    output_dir = _writable_dir(project.output_root / "book", "the book's folder")
+    try:
+        sources = executed_sources(paths, project.output_root, profiles)
+        site = build_book(sources, root / "book", root / "README.md", output_dir)
+    except BookError as exc:
+        raise _UsageError(str(exc)) from None
+    broken = check_site(site)
+    for line in broken:
+        print(f"broken link: {line}", file=sys.stderr)
+    print(f"open {_rel(site / 'index.html')} in a browser")
+    return 1 if broken else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 a notebook failed, 2 usage error)."""
     args = _build_parser().parse_args(argv)
+    commands = {"list": _cmd_list, "run": _cmd_run, "book": _cmd_book}
     try:
-        return _cmd_list(args) if args.command == "list" else _cmd_run(args)
+        return commands[args.command](args)
     except _UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..metrics import METRICS_ENV, format_value, load_metrics
 from ..outputs import sweep_dead_writers
+from ..utils import PROGRESS_ENV
 from .kernels import KernelChoice, kernel_manager_class, python_literal_translator, resolve_kernel
 from .params import (NotebookFormatError, find_parameters_cell, notebook_parameters, parse_parameters,
                      profile_parameters, read_notebook)
@@ -56,7 +57,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _kernel_env(metrics_path: Path) -> dict[str, str]:
-    env = {METRICS_ENV: str(metrics_path), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    # A batch run has no one watching: progress bars would only be stored in the outputs as noise.
+    env = {METRICS_ENV: str(metrics_path), "PYDEVD_DISABLE_FILE_VALIDATION": "1", PROGRESS_ENV: "0"}
     # The kernel imports the same metalib as this runner, whatever its working directory.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
     data_dir = os.environ.get("METALIB_DATA_DIR")
@@ -98,14 +100,33 @@ def _mark_stopped_cell(output_path: Path, cell_index: int | None) -> None:
     nbformat.write(nb, output_path)
 
 
-def _publish(partial: Path, result: NotebookResult) -> None:
-    """Put the executed notebook in place if papermill wrote it whole; else keep the previous one and say why."""
+def execution_record(profile: str, result: NotebookResult) -> dict[str, Any]:
+    """What an executed notebook says of its run (``metadata.metalib``): profile, status, date, runtime, machine."""
+    import platform
+
+    import torch
+
+    from ..profiling import cpu_name
+
+    machine = f"{cpu_name()}, {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        machine += f"; {torch.cuda.get_device_name(0)}"
+    return {"profile": profile, "status": result.status, "runtime_s": round(result.runtime_s, 1),
+            "executed": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine,
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+def _publish(partial: Path, result: NotebookResult, record: dict[str, Any]) -> None:
+    """Put the executed notebook, stamped with ``record``, in place if papermill wrote it whole; else keep the
+    previous one and say why."""
     if not partial.exists():
         return
     import nbformat
 
     try:
-        nbformat.read(partial, as_version=4)
+        nb = nbformat.read(partial, as_version=4)
+        nb.metadata["metalib"] = record
+        nbformat.write(nb, partial)
         os.replace(partial, result.output_path)
     except Exception as exc:  # a full disk mid-save: a truncated file must not replace a good one
         partial.unlink(missing_ok=True)
@@ -198,7 +219,7 @@ def run_notebook(path: str | Path, output_dir: str | Path, *, profile: str = "qu
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
         result.runtime_s = time.monotonic() - start
-        _publish(partial, result)
+        _publish(partial, result, execution_record(profile, result))
         try:
             result.metrics = load_metrics(result.metrics_path)
         except (OSError, ValueError) as exc:
