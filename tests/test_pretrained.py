@@ -119,22 +119,38 @@ def test_unknown_model_names_the_available_ones():
         manifest("no-such-model")
 
 
+CHECK_SUBSET = 20  # leading check tasks re-evaluated per model: a result reproduced to rounding holds on any subset
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_shipped_model_scores_what_its_manifest_says(name):
-    """Re-evaluate on the manifest's check tasks: a change to the model, the sampler or the inner loop that
-    changes what a shipped model computes fails here. The tolerance allows two query predictions (of
-    check_tasks x ways x queries) to flip on another CPU's floating-point rounding, nothing more."""
+    """Re-evaluate the first CHECK_SUBSET of the manifest's check tasks against their recorded right queries
+    (``check_correct``; all check tasks where a manifest predates it): a change to the model, the sampler or the
+    inner loop that changes what a shipped model computes fails here. The tolerance allows two query predictions
+    of the subset to flip on another CPU's floating-point rounding, nothing more."""
     info = manifest(name)
     learner = load_pretrained(name)
     split = omniglot_splits("vinyals", splits=["test"])["test"]
     for e in info["evaluation"]:
         sampler = zoo_test_sampler(split, e["ways"], e["shots"], e["queries"], info["recipe"]["seed"])
+        n = min(CHECK_SUBSET, e["check_tasks"]) if "check_correct" in e else e["check_tasks"]
+        expected = sum(e["check_correct"][:n]) / (n * e["ways"] * e["queries"]) if "check_correct" in e \
+            else e["check_mean"]
         with torch.random.fork_rng(devices=[]):
-            got = evaluate(learner, sampler, n_tasks=e["check_tasks"], steps=e["test_steps"], batchnorm=e["batchnorm"])
-        one_query = 1 / (e["check_tasks"] * e["ways"] * e["queries"])
-        assert abs(got.mean - e["check_mean"]) <= 2 * one_query + 1e-9, (
-            f"{name} {e['ways']}w{e['shots']}s: {got.mean:.5f} now, {e['check_mean']:.5f} in the manifest")
+            got = evaluate(learner, sampler, n_tasks=n, steps=e["test_steps"], batchnorm=e["batchnorm"])
+        one_query = 1 / (n * e["ways"] * e["queries"])
+        assert abs(got.mean - expected) <= 2 * one_query + 1e-9, (
+            f"{name} {e['ways']}w{e['shots']}s {e['batchnorm']}: {got.mean:.5f} now on {n} tasks, {expected:.5f} "
+            f"in the manifest")
+
+
+def test_every_manifest_records_the_right_queries_of_its_check_tasks():
+    for name in MODELS:
+        for e in manifest(name)["evaluation"]:
+            correct = e.get("check_correct")
+            assert correct is not None and len(correct) == e["check_tasks"], f"{name}: no check_correct"
+            assert sum(correct) == round(e["check_mean"] * e["check_tasks"] * e["ways"] * e["queries"]), name
 
 
 def test_train_recipe_trains_the_recipe_resumes_it_and_evaluates_it_like_the_zoo(tmp_path, omniglot_data_dir,
