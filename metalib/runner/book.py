@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import unquote, urlsplit
 
+from .params import notebook_title
+
 __all__ = ["BookError", "BookSource", "executed_sources", "build_book", "check_site", "zoo_rows",
            "BOOK_PROFILES", "LONG_OUTPUT_LINES"]
 
@@ -63,15 +65,6 @@ def _read(path: Path) -> Any:
     return nbformat.read(path, as_version=4)
 
 
-def _title(nb: Any) -> str:
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("# "):
-                    return line[2:].strip()
-    return ""
-
-
 def _cells(nb: Any) -> list[tuple[str, str]]:
     return [(c.cell_type, c.source) for c in nb.cells if _INJECTED not in c.metadata.get("tags", [])]
 
@@ -108,7 +101,7 @@ def executed_sources(notebooks: Sequence[Path], output_root: Path,
         elif _cells(executed) != _cells(source):
             problems["changed since it ran"].append(f"{notebook.stem} ({found.parent.name})")
         else:
-            sources.append(BookSource(notebook, found, found.parent.name, _title(source)))
+            sources.append(BookSource(notebook, found, found.parent.name, notebook_title(source)))
     said = [f"{what}: {', '.join(names)}" for what, names in problems.items() if names]
     if said:
         stems = [n.split()[0] for names in problems.values() for n in names]
@@ -328,8 +321,6 @@ def build_book(sources: Sequence[BookSource], book_dir: Path, readme: Path, outp
         shutil.rmtree(staging)
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise BookError(f"Sphinx failed on {src} ({tail[0]}); its warnings are in {warnings_file}")
-    (staging / _OURS).unlink()
-    (staging / _OURS).write_text("written by python -m metalib.runner book; removed by the next build\n")
     final = output_dir / "html"
     _clear_ours(final)
     os.replace(staging, final)

@@ -40,7 +40,8 @@ from .baselines import baseline_path, write_baseline
 from .discover import discover_notebooks, select_notebooks
 from .notebooks import run_notebooks, summary_table
 from .kernels import DEFAULT_KERNEL, resolve_kernel
-from .params import PROFILES, NotebookFormatError, Parameter, notebook_parameters, parse_cli_value, read_notebook
+from .params import (PROFILES, NotebookFormatError, Parameter, notebook_parameters, notebook_title, parse_cli_value,
+                     read_notebook)
 from .project import ProjectNotFoundError, find_project
 
 __all__ = ["main"]
@@ -132,14 +133,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _title(path: Path) -> str:
     try:
-        nb = read_notebook(path)
+        return notebook_title(read_notebook(path))
     except NotebookFormatError:
         return "?"
-    if nb.cells and nb.cells[0].cell_type == "markdown":
-        for line in nb.cells[0].source.splitlines():
-            if line.strip():
-                return line.lstrip("# ").strip()
-    return ""
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 if TYPE_CHECKING:
     from nbformat import NotebookNode
 
-__all__ = ["PROFILES", "NotebookFormatError", "Parameter", "parse_parameters", "find_parameters_cell",
+__all__ = ["PROFILES", "NotebookFormatError", "Parameter", "parse_parameters", "find_parameters_cell", "notebook_title",
            "notebook_parameters", "profile_parameters", "parse_cli_value"]
 
 PROFILES = ("quick", "full")
@@ -102,6 +102,16 @@ def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, P
         raise NotebookFormatError(f"{where}, line {stray[0]}: a '# full:' comment must trail a simple "
                                   f"`name = value` assignment")
     return params
+
+
+def notebook_title(nb: NotebookNode) -> str:
+    """The notebook's title: its first markdown ``# `` heading ("" if none)."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return ""
 
 
 def read_notebook(path: Path) -> NotebookNode:
