@@ -236,6 +236,19 @@ RECIPES["protonet-omniglot-5shot-trainval"] = replace(
         "(29.6 minutes on 2 idle cores).")
 
 
+_MATCHING_PAPER = {"5w1s": "98.1", "5w5s": "98.9", "20w1s": "93.8", "20w5s": "98.5"}
+
+# Matching Networks trained exactly as the headline 1-shot ProtoNet (protonet-omniglot-1shot-trainval), so that the
+# paired difference between the two on the same test tasks is the classifier's alone: prototypes against attention
+RECIPES["matching-omniglot-1shot"] = replace(
+    RECIPES["protonet-omniglot-1shot-trainval"], name="matching-omniglot-1shot", algorithm="matching", learner=None,
+    published={k: _MATCHING_PAPER[k] for k in ("5w1s", "20w1s")},
+    why="Matching Networks (cosine attention, no full context embeddings: Vinyals et al.'s Omniglot rows) trained as "
+        "protonet-omniglot-1shot-trainval: 60-way 1-shot episodes with 5 queries per class on the 1200 characters "
+        "of train + val, Adam from 1e-3 cosine-annealed to 0 over 4800 episodes, no validation. Vinyals et al. train "
+        "on episodes of the test's ways; higher-way episodes are Snell et al.'s finding for both learners. The "
+        "attention's logit scale is learned from 10 (the paper has none).")
+
 RECIPES["maml-omniglot-5w1s-trainval"] = replace(
     RECIPES["maml-omniglot-5w1s"], name="maml-omniglot-5w1s-trainval", train_split="trainval", val_tasks=0,
     lr_min=0.0,
