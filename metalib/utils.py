@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from .errors import UserError
 
-__all__ = ["DEVICES", "DeviceError", "resolve_device", "seed_everything", "setup"]
+__all__ = ["DEVICES", "DeviceError", "resolve_device", "seed_everything", "seeded", "setup"]
 
 #: The device names :func:`resolve_device` accepts (``N`` a GPU index), for messages and CLI help.
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -67,6 +69,16 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Inside, torch's CPU generator starts from ``seed`` (unchanged when None); outside, it is as it was. For the
+    layers a learner adds to the model it is given, so that a seed fixes their initialisation too."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 def setup(seed: int = 0, device: str | torch.device = "auto", cpu_threads: int | None = None) -> torch.device:

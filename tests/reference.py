@@ -163,7 +163,8 @@ def contract_case(name: str, seed: int = 0):
         model = None if spec.model == "none" else mlp((1, 16, 16, 1), seed=seed)
         make = lambda s: SinusoidTasks(shots=5, queries=5, seed=s)  # noqa: E731
     else:
-        model = None if spec.model == "none" else conv4(0 if spec.model == "embedding" else 5, hidden=4,
+        model = None if spec.model == "none" else conv4(0 if spec.model in ("embedding", "feature_maps") else 5, hidden=4,
+                                                        pooled_blocks=2 if spec.model == "feature_maps" else 4,
                                                         image_size=16, seed=seed)
         images = (torch.rand(10, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
         make = lambda s: EpisodeSampler(images, ways=5, shots=2, queries=2, seed=s)  # noqa: E731

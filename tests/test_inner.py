@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from metalib.inner import adapt
-from metalib.algorithms import anil, fomaml, maml, metasgd, protonet, r2d2, reptile
+from metalib.algorithms import anil, fomaml, maml, matching, metasgd, protonet, r2d2, relation, reptile
 from metalib.models import conv4, mlp
 from metalib.tasks import TaskBatch
 from reference import directional_derivatives, flat, naive_meta_gradient, omniglot_like_batch, sine_batch
@@ -288,11 +288,11 @@ def test_a_user_defined_problem_gives_the_same_losses_under_every_strategy():
         torch.testing.assert_close(score, torch.stack(naive).detach(), rtol=1e-10, atol=1e-12, msg=s)
 
 
-@pytest.mark.parametrize("make", [protonet, r2d2], ids=["protonet", "r2d2"])
+@pytest.mark.parametrize("make", [protonet, r2d2, matching, relation], ids=["protonet", "r2d2", "matching", "relation"])
 def test_embedding_learners_on_worker_threads_give_the_single_pass_meta_gradient(make, two_or_more_threads):
     """On a CPU ProtoNets and R2D2 run their tasks over worker threads (PerTaskGradients), as the inner-loop
     learners do; the meta-gradient is the one pass of grouped convolutions' (one thread takes that path)."""
-    learner = make(conv4(0, hidden=8, seed=0).double())
+    learner = make(conv4(0, hidden=8, seed=0, pooled_blocks=2 if make is relation else 4).double())
     batch = omniglot_like_batch(tasks=4, queries=3)
     assert learner._threaded(batch)
     threaded, metrics = learner.meta_gradient(batch)

@@ -11,6 +11,7 @@ registers itself (:mod:`~metalib.algorithms.registry`): its name, its typed sett
 ``imaml``      iMAML: the implicit meta-gradient (conjugate gradient on Hessian-vector products)
 ``protonet``   Prototypical Networks
 ``matching``   Matching Networks: cosine attention over the support set, optional full context embeddings
+``relation``   Relation Networks: a learned relation module on pairs of feature maps
 ``blackbox``   black-box learners: a CNP (regression), an attention learner over the support set (classification)
 ``ridge``      R2D2 / MetaOptNet-ridge: a closed-form ridge-regression head
 =============  ======================================================
@@ -27,11 +28,12 @@ from .blackbox import CNP, AttentionLearner, attention_learner, cnp
 from .imaml import IMAML, imaml
 from .protonet import ProtoNet, protonet
 from .matching import MatchingNet, matching
+from .relation import RelationNet, relation
 from .ridge import R2D2, r2d2
 from .reptile import Reptile, reptile
 
-__all__ = ["MetaLearner", "GradientMetaLearner", "Reptile", "ProtoNet", "MAMLPlusPlus", "R2D2", "IMAML", "CNP",
-           "AttentionLearner", "MatchingNet", "maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "matching", "mamlpp", "protomaml",
-           "r2d2", "imaml", "cnp", "attention_learner", "pretrain", "REGISTRY", "LearnerSpec", "Settings",
-           "NoSettings", "BuildContext", "setting", "register", "unregister", "learner_spec", "make_learner",
-           "settings_for", "build_model", "build_learner"]
+__all__ = ["MetaLearner", "GradientMetaLearner", "Reptile", "ProtoNet", "MatchingNet", "RelationNet", "MAMLPlusPlus",
+           "R2D2", "IMAML", "CNP", "AttentionLearner", "maml", "fomaml", "metasgd", "anil", "reptile", "protonet",
+           "matching", "relation", "mamlpp", "protomaml", "r2d2", "imaml", "cnp", "attention_learner", "pretrain",
+           "REGISTRY", "LearnerSpec", "Settings", "NoSettings", "BuildContext", "setting", "register", "unregister",
+           "learner_spec", "make_learner", "settings_for", "build_model", "build_learner"]

@@ -119,6 +119,11 @@ class EpisodeClassifier(MetaLearner):
         module state, so that tasks can run on worker threads; learners that cannot leave it unimplemented."""
         raise NotImplementedError
 
+    def episode_loss(self, logits: Tensor, query_y: Tensor) -> Tensor:
+        """Each task's training loss ``[B]`` from its query logits: the problem's (cross-entropy) unless the learner
+        trains on another (Relation Networks: squared error on the scores)."""
+        return self.problem.task_loss(logits, query_y)
+
     def _threaded(self, batch: TaskBatch) -> bool:
         model = getattr(self, "model", None)
         return (type(self).logits_with is not EpisodeClassifier.logits_with and batch.device.type == "cpu"
@@ -128,13 +133,13 @@ class EpisodeClassifier(MetaLearner):
         """Query loss and score of every task, ``[B]`` each (the loss differentiable in the meta-parameters)."""
         if not (torch.is_grad_enabled() and self._threaded(batch)):
             logits = self.logits(batch)
-            return self.problem.task_loss(logits, batch.query_y), self.problem.task_score(logits.detach(), batch.query_y)
+            return self.episode_loss(logits, batch.query_y), self.problem.task_score(logits.detach(), batch.query_y)
         keys, inputs = zip(*self.meta_parameters().items())
 
         def run(leaves: list[Tensor], i: int) -> tuple[Tensor, Tensor]:
             task = batch[i:i + 1]
             logits = self.logits_with(dict(zip(keys, leaves)), task)
-            return self.problem.task_loss(logits, task.query_y)[0], self.problem.task_score(logits.detach(), task.query_y)[0]
+            return self.episode_loss(logits, task.query_y)[0], self.problem.task_score(logits.detach(), task.query_y)[0]
         return PerTaskGradients.apply(run, chunks(len(batch), parallel=True), *inputs)
 
     def meta_gradient(self, batch: TaskBatch) -> tuple[Params, dict[str, float]]:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..errors import ArgumentError
 from ..params import Params
 from ..tasks import TaskBatch
+from ..utils import seeded
 from .base import EpisodeClassifier, embed_episode
 from .registry import LearnerSpec, Settings, register, setting
 
@@ -56,7 +57,8 @@ class MatchingNet(EpisodeClassifier):
 
     name = "matching"
 
-    def __init__(self, model: nn.Module, *, scale: float = 10.0, full_context: bool = False, context_steps: int = 5):
+    def __init__(self, model: nn.Module, *, scale: float = 10.0, full_context: bool = False, context_steps: int = 5,
+                 seed: int | None = None):
         super().__init__()
         if not scale > 0 or context_steps < 1:
             raise ArgumentError(f"scale must be > 0 and context_steps >= 1, got scale={scale}, "
@@ -66,8 +68,9 @@ class MatchingNet(EpisodeClassifier):
         self.full_context, self.context_steps = full_context, context_steps
         if full_context:
             width = model.embedding_dim
-            self.support_lstm = nn.LSTM(width, width, bidirectional=True, batch_first=True)
-            self.query_lstm = nn.LSTMCell(width, width)
+            with seeded(seed):
+                self.support_lstm = nn.LSTM(width, width, bidirectional=True, batch_first=True)
+                self.query_lstm = nn.LSTMCell(width, width)
 
     def logits(self, batch: TaskBatch) -> Tensor:
         """Query log-probabilities ``[B, N*Q, N]`` (logits whose softmax is the attention's class probabilities)."""
@@ -111,10 +114,12 @@ class MatchingNet(EpisodeClassifier):
                 **({"context_steps": self.context_steps} if self.full_context else {})}
 
 
-def matching(model: nn.Module, *, scale: float = 10.0, full_context: bool = False, context_steps: int = 5) -> MatchingNet:
+def matching(model: nn.Module, *, scale: float = 10.0, full_context: bool = False, context_steps: int = 5,
+             seed: int | None = None) -> MatchingNet:
     """Matching Networks on an embedding model (e.g. ``conv4(n_classes=0)``), the cosine attention's logit scale
-    starting at ``scale``; ``full_context=True`` adds the full context embeddings."""
-    return MatchingNet(model, scale=scale, full_context=full_context, context_steps=context_steps)
+    starting at ``scale``; ``full_context=True`` adds the full context embeddings (their LSTMs initialised from
+    ``seed``)."""
+    return MatchingNet(model, scale=scale, full_context=full_context, context_steps=context_steps, seed=seed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +132,7 @@ class MatchingSettings(Settings):
 
 register(LearnerSpec("matching", MatchingSettings,
                      lambda model, s, ctx: matching(model, scale=s.logit_scale, full_context=s.full_context,
-                                                    context_steps=s.context_steps),
+                                                    context_steps=s.context_steps, seed=ctx.seed),
                      "Matching Networks: cosine attention over the support set in a learned embedding",
                      model="embedding", problems=("classification",),
                      problem_note="classifies with a head built from the support set", inner_loop=False))

@@ -161,8 +161,10 @@ class LearnerSpec:
     """One registered algorithm.
 
     ``build(model, settings, context)`` makes the learner. ``model``: what it runs on, ``"classifier"`` (a network
-    with an output head: conv4(ways), or the sinusoid MLP), ``"embedding"`` (conv4 without a head) or ``"none"``
-    (it builds its own networks). ``problems``: the tasks it can learn (``problem_note`` says why not the others).
+    with an output head: conv4(ways), or the sinusoid MLP), ``"embedding"`` (conv4 without a head),
+    ``"feature_maps"`` (conv4 without a head, pooling in its first two blocks only, so that its embedding keeps
+    spatial maps: Relation Networks) or ``"none"`` (it builds its own networks). ``problems``: the tasks it can learn
+    (``problem_note`` says why not the others).
     ``inner_loop``: it adapts by the inner loop at test time (``inner_lr``/``inner_steps`` are its settings).
     ``optimizer``: the outer optimiser its ``default_optimizer()`` makes (Adam at 1e-3; SGD at 1.0 for Reptile)."""
 
@@ -175,7 +177,7 @@ class LearnerSpec:
     problem_note: str = ""
     inner_loop: bool = True
     optimizer: str = "adam"
-    MODELS: ClassVar[tuple[str, ...]] = ("classifier", "embedding", "none")
+    MODELS: ClassVar[tuple[str, ...]] = ("classifier", "embedding", "feature_maps", "none")
 
     def __post_init__(self):
         if self.model not in self.MODELS:
@@ -245,7 +247,8 @@ def make_learner(name: str, model: nn.Module | None = None, *, problem: str = "c
     if spec.model == "none" and model is not None:
         raise ArgumentError(f"{name} builds its own networks: pass model=None")
     if spec.model != "none" and model is None:
-        raise ArgumentError(f"{name} needs a model ({'conv4(0)' if spec.model == 'embedding' else 'e.g. conv4(5)'})")
+        example = {"embedding": "conv4(0)", "feature_maps": "conv4(0, pooled_blocks=2)"}.get(spec.model, "e.g. conv4(5)")
+        raise ArgumentError(f"{name} needs a model ({example})")
     return spec.build(model, settings, BuildContext(problem, ways, seed, strategy))
 
 
@@ -260,8 +263,9 @@ def build_model(name: str, problem: str, *, ways: int, hidden: int = 64, seed: i
         return None
     if problem == "regression":
         return mlp(seed=seed, device=device)
-    return image_backbone(backbone, 0 if kind == "embedding" else ways, in_channels=in_channels,
-                          image_size=image_size, hidden=hidden, seed=seed, device=device)
+    return image_backbone(backbone, 0 if kind in ("embedding", "feature_maps") else ways, in_channels=in_channels,
+                          image_size=image_size, hidden=hidden, seed=seed, device=device,
+                          feature_maps=kind == "feature_maps")
 
 
 def build_learner(name: str, settings: Settings, *, problem: str = "classification", ways: int, eval_ways: int | None = None,

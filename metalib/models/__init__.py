@@ -23,14 +23,19 @@ BACKBONES = ("conv4", "resnet12")
 
 
 def backbone(name: str, n_classes: int, *, in_channels: int, image_size: int, hidden: int = 64,
-             drop_rate: float = 0.0, seed: int | None = None, device: torch.device | str = "cpu") -> nn.Module:
+             drop_rate: float = 0.0, seed: int | None = None, device: torch.device | str = "cpu",
+             feature_maps: bool = False) -> nn.Module:
     """The image backbone ``name`` (``"conv4"`` with ``hidden`` channels, or ``"resnet12"`` with DropBlock at
     ``drop_rate`` in its last two blocks) for ``in_channels`` x ``image_size`` x ``image_size`` inputs, with
-    ``n_classes`` outputs (0: the embedding)."""
-    if name == "conv4":
-        return conv4(n_classes, in_channels=in_channels, hidden=hidden, image_size=image_size, seed=seed, device=device)
-    if name == "resnet12":
-        return resnet12(n_classes, in_channels=in_channels, drop_rate=drop_rate, seed=seed, device=device)
+    ``n_classes`` outputs (0: the embedding). ``feature_maps=True``: conv4 pooling in its first two blocks only, whose
+    embedding is spatial maps (``feature_shape``) for a learner that compares maps (Relation Networks)."""
     from ..errors import ArgumentError
 
+    if name == "conv4":
+        return conv4(n_classes, in_channels=in_channels, hidden=hidden, image_size=image_size, seed=seed, device=device,
+                     pooled_blocks=2 if feature_maps else 4)
+    if name == "resnet12" and feature_maps:
+        raise ArgumentError("a learner that compares feature maps (relation) runs on conv4 only: use --model conv4")
+    if name == "resnet12":
+        return resnet12(n_classes, in_channels=in_channels, drop_rate=drop_rate, seed=seed, device=device)
     raise ArgumentError(f"model must be one of {BACKBONES}, got {name!r}")

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..utils import resolve_device
-from .functional import TaskBatchedBackbone, TaskBatchNorm, batchnorm_tasks, conv_tasks, per_task
+from .functional import TaskBatchedBackbone, TaskBatchNorm, sequential_tasks
 
 __all__ = ["Conv4", "conv4"]
 
@@ -20,17 +20,22 @@ class Conv4(TaskBatchedBackbone):
     monotone, so they commute, gradients included) with the ReLU on a quarter of the values.
     """
 
-    def __init__(self, n_classes: int = 5, in_channels: int = 1, hidden: int = 64, image_size: int = 28):
+    def __init__(self, n_classes: int = 5, in_channels: int = 1, hidden: int = 64, image_size: int = 28,
+                 pooled_blocks: int = 4):
         super().__init__()
+        if not 0 <= pooled_blocks <= 4:
+            raise ValueError(f"pooled_blocks must be 0 to 4, got {pooled_blocks}")
         blocks = []
         channels = in_channels
-        for _ in range(4):
-            blocks += [nn.Conv2d(channels, hidden, 3, padding=1), TaskBatchNorm(hidden), nn.MaxPool2d(2), nn.ReLU()]
+        for i in range(4):
+            pool = [nn.MaxPool2d(2)] if i < pooled_blocks else []
+            blocks += [nn.Conv2d(channels, hidden, 3, padding=1), TaskBatchNorm(hidden), *pool, nn.ReLU()]
             channels = hidden
         self.features = nn.Sequential(*blocks, nn.Flatten())
         side = image_size
-        for _ in range(4):
+        for _ in range(pooled_blocks):
             side //= 2
+        self.feature_shape = (hidden, side, side)  # the last block's maps, before they are flattened
         self.embedding_dim = hidden * side * side
         self.head = nn.Linear(self.embedding_dim, n_classes) if n_classes > 0 else nn.Identity()
         self.reset_parameters()
@@ -51,29 +56,18 @@ class Conv4(TaskBatchedBackbone):
         differentiated once; passes differentiated twice use the unfused form, whose double backward
         is much cheaper than the fused one's (measured on CPU, BENCHMARKS.md).
         """
-        B, n = x.shape[:2]
-        h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
-        for i, layer in enumerate(self.features):
-            if isinstance(layer, (nn.Conv2d, TaskBatchNorm)):
-                w = per_task(params[f"features.{i}.weight"], B, layer.weight)
-                b = per_task(params[f"features.{i}.bias"], B, layer.bias)
-                h = conv_tasks(h, w, b, B, layer, channels_last) if isinstance(layer, nn.Conv2d) \
-                    else batchnorm_tasks(h, w, b, layer, second_order)
-            elif isinstance(layer, nn.Flatten):
-                h = h.reshape(n, B, -1).transpose(0, 1)  # [B, n, features]
-            else:  # ReLU, MaxPool2d: per channel, so per task
-                h = layer(h)
-        return h
+        return sequential_tasks(self.features, "features.", params, x, second_order, channels_last)
 
 
 
 def conv4(n_classes: int = 5, *, in_channels: int = 1, hidden: int = 64, image_size: int = 28, seed: int | None = None,
-          device: torch.device | str = "cpu") -> Conv4:
-    """Build a conv4 network; ``seed`` fixes its initialisation."""
+          device: torch.device | str = "cpu", pooled_blocks: int = 4) -> Conv4:
+    """Build a conv4 network; ``seed`` fixes its initialisation. ``pooled_blocks=2`` max-pools in the first two blocks
+    only (Sung et al.'s embedding for Relation Networks: 64 maps of 7x7 for 28x28 images)."""
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        model = Conv4(n_classes, in_channels, hidden, image_size)
+        model = Conv4(n_classes, in_channels, hidden, image_size, pooled_blocks)
     return model.to(resolve_device(device))
 
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["TaskBatchNorm", "TaskBatchedModel", "BodyHeadModel", "TRAINING_BATCHNORM", "per_task", "linear_tasks",
-           "conv_one_channel_nhwc", "conv_tasks", "TaskBatchedBackbone", "batchnorm_tasks", "split_body_head"]
+           "conv_one_channel_nhwc", "conv_tasks", "TaskBatchedBackbone", "batchnorm_tasks", "sequential_tasks",
+           "split_body_head"]
 
 TRAINING_BATCHNORM = "transductive"  # in training, BatchNorm uses each task's own batch statistics (the evaluation
 # modes, transductive and inductive, are metalib.inner.BATCHNORM_MODES)
@@ -157,6 +158,27 @@ def batchnorm_tasks(h: Tensor, weight: Tensor, bias: Tensor, layer: "TaskBatchNo
     """``layer`` on ``h`` ``[n, B*C, H, W]``: statistics per task and channel, per-task ``weight``/``bias`` ``[B, C]``.
     Fused for passes differentiated once; the unfused form's double backward is much cheaper (BENCHMARKS.md)."""
     return layer.normalize(h, weight.flatten(), bias.flatten(), fused=not second_order)
+
+
+def sequential_tasks(layers: nn.Sequential, prefix: str, params: dict[str, Tensor], x: Tensor, second_order: bool = False,
+                     channels_last: bool = False) -> Tensor:
+    """``layers`` (Conv2d, TaskBatchNorm, and per-channel layers such as ReLU and MaxPool2d, optionally ending with
+    Flatten) for a whole meta-batch: ``x`` ``[B, n, C, H, W]`` -> ``[B, n, ...]``, each layer's parameters taken from
+    ``params`` under ``prefix`` + its index (shared, or per task ``[B, *shape]``). Tasks are stacked along channels,
+    so convolutions are grouped and BatchNorm's statistics are per task."""
+    B, n = x.shape[:2]
+    h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
+    for i, layer in enumerate(layers):
+        if isinstance(layer, (nn.Conv2d, TaskBatchNorm)):
+            w = per_task(params[f"{prefix}{i}.weight"], B, layer.weight)
+            b = per_task(params[f"{prefix}{i}.bias"], B, layer.bias)
+            h = conv_tasks(h, w, b, B, layer, channels_last) if isinstance(layer, nn.Conv2d) \
+                else batchnorm_tasks(h, w, b, layer, second_order)
+        elif isinstance(layer, nn.Flatten):
+            return h.reshape(n, B, -1).transpose(0, 1)  # [B, n, features]
+        else:  # ReLU, MaxPool2d: per channel, so per task
+            h = layer(h)
+    return h.reshape(n, B, -1, *h.shape[2:]).transpose(0, 1)  # [B, n, C, H, W]
 
 
 def split_body_head(params: dict[str, Tensor]) -> tuple[list[str], list[str]]:
