@@ -49,6 +49,7 @@ class Recipe:
     image_size: int | None = None  # None: the dataset's own
     hidden: int = 64               # conv4 channels
     train_split: str = "train"     # vinyals classes trained on: train, or trainval (the papers' 1200 characters)
+    batch_size: int | None = None  # images per minibatch of the learners pre-trained on minibatches (transfer)
     tests: tuple[tuple[int, int], ...] = ((5, 1),)  # (ways, shots) columns this model is evaluated on
     batchnorm: tuple[str, ...] = ("transductive",)  # evaluation modes (metalib.inner.inductive); Reptile reports both
     eval_queries: int = 15
@@ -87,7 +88,8 @@ class Recipe:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        for k, default in (("model", "conv4"), ("image_size", None)):  # added since the zoo's manifests were written
+        for k, default in (("model", "conv4"), ("image_size", None), ("batch_size", None)):  # added since the zoo's
+            # manifests were written
             if d[k] == default:
                 del d[k]
         d["learner"] = self.learner.as_dict()
@@ -258,6 +260,21 @@ RECIPES["relation-omniglot-5w1s"] = Recipe(
         "7x7), on the 1200 characters of train + val; the learning rate cosine-annealed to 0 over 15 000 "
         "episodes (about an hour on one core of 2) where the paper halves it every 100 000 of 1 000 000. The paper "
         "trains its 20-way figure on 20-way episodes; this model is trained on 5-way ones and also tested at 20 ways.")
+
+_ALL_COLUMNS = ((5, 1), (5, 5), (20, 1), (20, 5))
+
+# the transfer baselines: one supervised pre-training of conv4 over the 4800 rotated classes of train + val, the
+# classes the meta-learners of the zoo's trainval rows saw
+RECIPES["baseline-omniglot"] = Recipe(
+    "baseline-omniglot", "baseline", ways=4800, shots=1, queries=15, steps=15000, meta_batch=1, batch_size=64,
+    outer_lr=1e-3, lr_schedule="cosine", lr_min=0.0, train_split="trainval", val_tasks=0, val_every=1500,
+    snapshot_every=1500, tests=_ALL_COLUMNS,
+    why="Chen et al.'s Baseline pre-training: conv4 with a linear classifier over every training class (the 4800 "
+        "rotated characters of train + val), cross-entropy on shuffled minibatches of 64 images, Adam from 1e-3 "
+        "cosine-annealed to 0 over 15 000 steps (10 epochs; about half an hour on one core of 2), no augmentation. "
+        "At test time a new linear head is trained on each support set (100 full-batch SGD steps at 0.01, momentum "
+        "0.9, weight decay 1e-3) with the body frozen. SimpleShot, the linear probe and fine-tuning pre-train the "
+        "same way, so they share these weights. No paper reports these baselines on Omniglot's Vinyals protocol.")
 
 RECIPES["maml-omniglot-5w1s-trainval"] = replace(
     RECIPES["maml-omniglot-5w1s"], name="maml-omniglot-5w1s-trainval", train_split="trainval", val_tasks=0,

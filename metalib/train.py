@@ -245,6 +245,7 @@ def _meta_train(learner, sampler, steps, meta_batch, optimizer, scheduler, val_s
     if running:
         history.append({"step": done, **{f"train_{k}": sum(v) / len(v) for k, v in running.items()},
                         "time_s": elapsed, "cpu_s": cpu})
+    learner.finish_training(sampler)
     save(done)
     return pd.DataFrame(history)
 

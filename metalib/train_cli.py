@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split-seed", type=int, default=None,
                    help="image folder without --split-file: the seed of its class split (default 0; separate from "
                         "--seed, so that runs with other seeds are tested on the same classes)")
-    g.add_argument("--ways", type=int, default=None, help="classes per episode (omniglot; default 5)")
+    g.add_argument("--ways", type=int, default=None,
+                   help="classes per episode (omniglot; default 5); for a pre-trained learner (baseline, simpleshot, "
+                        "...) the classes of its pre-training head: all training classes, the default")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="images per pre-training minibatch of the learners trained on minibatches over every training "
+                        "class (baseline, baseline_pp, simpleshot, linear_probe, finetune; default 64)")
     g.add_argument("--shots", type=int, default=1, help="support examples per class (sinusoid: per task)")
     g.add_argument("--queries", type=int, default=None,
                    help="query examples per class (sinusoid: per task); default 15 for omniglot, 10 for sinusoid")
@@ -174,7 +179,7 @@ def _finite(p: argparse.ArgumentParser, a: argparse.Namespace, name: str, low: f
 def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     recipe_note = f" (--recipe {a.recipe} sets it)" if a.recipe else ""
     for name in ("ways", "shots", "steps", "meta_batch", "val_every", "checkpoint_every", "hidden", "lr_step_size",
-                 "queries", "eval_ways", "eval_shots", "eval_queries"):
+                 "queries", "eval_ways", "eval_shots", "eval_queries", "batch_size"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     for name in ("eval_steps",):
@@ -213,6 +218,15 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.recipe is not None and a.checkpoint is None:
         a.checkpoint = str(Path("runs") / f"{a.recipe}.pt")
         a.default_checkpoint = True
+    if learner_spec(a.algorithm).training == "batches":
+        if a.dataset == "sinusoid":
+            p.error(f"{a.algorithm} pre-trains a classifier: use a classification dataset")
+        a.batch_size = 64 if a.batch_size is None else a.batch_size
+        a.eval_ways = a.eval_ways or 5  # a.ways (all training classes) is set once the data is read
+        return
+    if a.batch_size is not None:
+        p.error(f"--batch-size is the minibatch of the learners pre-trained on minibatches, not of {a.algorithm} "
+                f"(episodes: --ways, --shots, --queries, --meta-batch){recipe_note}: drop it")
     a.ways = 5 if a.ways is None else a.ways
 
 

@@ -16,7 +16,7 @@ from .distributed import DistContext, distributed_evaluate, distributed_meta_tra
     shutdown_distributed
 from .errors import UserError
 from .outputs import check_distinct, lock_path, write_atomic
-from .tasks import EpisodeSampler, SinusoidTasks
+from .tasks import ClassBatches, EpisodeSampler, SinusoidTasks
 from .train import make_optimizer
 
 __all__ = ["RUN_OPTIONS", "DATASET_PROBLEMS", "dataset_problem", "run_settings", "learner_from_options",
@@ -52,6 +52,8 @@ def run_settings(a: argparse.Namespace, learner: MetaLearner | None = None,
         settings["steps"] = a.steps
     if a.train_split != "train":  # only where it is set, so earlier checkpoints keep their settings
         settings["train_split"] = a.train_split
+    if getattr(a, "batch_size", None) is not None:
+        settings["batch_size"] = a.batch_size
     settings.update({k: getattr(a, k) for k in IMAGE_OPTIONS
                      if getattr(a, k) is not None and (k != "model" or a.model != "conv4")})
     if getattr(a, "data_fingerprint", None):  # a folder or benchmark: its classes, sizes and normalisation
@@ -113,10 +115,17 @@ def samplers(a: argparse.Namespace, ctx: DistContext) -> dict[str, object]:
     queries = 15 if a.queries is None else a.queries
     ways, shots = a.eval_ways or a.ways, a.eval_shots or a.shots
     eval_queries = a.eval_queries or queries
-    return {s: EpisodeSampler(splits[s], a.ways, a.shots, queries, seed=a.seed + _SEED_OFFSETS[s], device=dev)
-            if s == "train" else
-            EpisodeSampler(splits[s], ways, shots, eval_queries, seed=a.seed + _SEED_OFFSETS[s], device=dev)
-            for s in wanted}
+    out = {s: EpisodeSampler(splits[s], ways, shots, eval_queries, seed=a.seed + _SEED_OFFSETS[s], device=dev)
+           for s in wanted if s != "train"}
+    if learner_spec(a.algorithm).training == "batches":  # supervised pre-training over every training class
+        out["train"] = ClassBatches(splits["train"], a.batch_size, seed=a.seed, device=dev)
+        if a.ways is not None and a.ways != out["train"].num_classes:
+            raise UserError(f"{a.algorithm} pre-trains a head over all {out['train'].num_classes} training classes: "
+                            f"--ways must be {out['train'].num_classes} (or left out), got {a.ways}")
+        a.ways = out["train"].num_classes
+    else:
+        out["train"] = EpisodeSampler(splits["train"], a.ways, a.shots, queries, seed=a.seed, device=dev)
+    return out
 
 
 def load_image_dataset(a: argparse.Namespace) -> FewShotDataset:

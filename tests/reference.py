@@ -13,7 +13,7 @@ from torch.func import functional_call
 from metalib import REGISTRY, make_learner
 from metalib.algorithms import Settings
 from metalib.models import conv4, mlp
-from metalib.tasks import EpisodeSampler, SinusoidTasks, TaskBatch
+from metalib.tasks import ClassBatches, EpisodeSampler, SinusoidTasks, TaskBatch
 
 
 def omniglot_like_batch(tasks=3, ways=5, shots=1, queries=2, seed=0) -> TaskBatch:
@@ -145,7 +145,7 @@ def naive_zero_head_gradient(model, batch, steps, lr, first_order=False, head_on
 
 
 # small settings: every learner's cheapest meaningful configuration (the others at their defaults)
-SMALL = {"inner_steps": 2, "width": 16, "layers": 2, "blocks": 1, "heads": 2}
+SMALL = {"inner_steps": 2, "width": 16, "layers": 2, "blocks": 1, "heads": 2, "head_steps": 3}
 
 
 def small_settings(name: str, problem: str) -> Settings:
@@ -168,6 +168,9 @@ def contract_case(name: str, seed: int = 0):
                                                         image_size=16, seed=seed)
         images = (torch.rand(10, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
         make = lambda s: EpisodeSampler(images, ways=5, shots=2, queries=2, seed=s)  # noqa: E731
+        if spec.training == "batches":  # supervised pre-training over the 10 classes, tested on episodes
+            learner = make_learner(name, model, problem=problem, ways=10, seed=seed, settings=settings)
+            return learner, ClassBatches(images, batch_size=8, seed=1), make(2)
     learner = make_learner(name, model, problem=problem, ways=5, seed=seed, settings=settings)
     return learner, make(1), make(2)
 

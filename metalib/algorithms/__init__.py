@@ -12,6 +12,7 @@ registers itself (:mod:`~metalib.algorithms.registry`): its name, its typed sett
 ``protonet``   Prototypical Networks
 ``matching``   Matching Networks: cosine attention over the support set, optional full context embeddings
 ``relation``   Relation Networks: a learned relation module on pairs of feature maps
+``transfer``   the transfer baselines: Baseline, Baseline++, SimpleShot, linear probe, fine-tuning
 ``blackbox``   black-box learners: a CNP (regression), an attention learner over the support set (classification)
 ``ridge``      R2D2 / MetaOptNet-ridge: a closed-form ridge-regression head
 =============  ======================================================
@@ -29,10 +30,12 @@ from .imaml import IMAML, imaml
 from .protonet import ProtoNet, protonet
 from .matching import MatchingNet, matching
 from .relation import RelationNet, relation
+from .transfer import TransferLearner, transfer_learner
 from .ridge import R2D2, r2d2
 from .reptile import Reptile, reptile
 
-__all__ = ["MetaLearner", "GradientMetaLearner", "Reptile", "ProtoNet", "MatchingNet", "RelationNet", "MAMLPlusPlus",
+__all__ = ["MetaLearner", "GradientMetaLearner", "Reptile", "ProtoNet", "MatchingNet", "RelationNet", "TransferLearner",
+           "transfer_learner", "MAMLPlusPlus",
            "R2D2", "IMAML", "CNP", "AttentionLearner", "maml", "fomaml", "metasgd", "anil", "reptile", "protonet",
            "matching", "relation", "mamlpp", "protomaml", "r2d2", "imaml", "cnp", "attention_learner", "pretrain",
            "REGISTRY", "LearnerSpec", "Settings", "NoSettings", "BuildContext", "setting", "register", "unregister",

@@ -29,7 +29,9 @@ class MetaLearner(nn.Module):
       from (class logits; a regression's predictions), without using the query labels: what
       :func:`metalib.predict.predict` turns into labels and probabilities;
     * ``default_optimizer(name=None, lr=None)`` and ``test_steps``: the learner's own defaults;
-    * ``set_training_step(step, total)``: the outer step about to run (a no-op unless training is scheduled).
+    * ``set_training_step(step, total)``: the outer step about to run (a no-op unless training is scheduled);
+    * ``finish_training(sampler)``: called once training has ended, before the final checkpoint (a no-op unless the
+      learner derives state from its training data: the transfer baselines' feature mean).
     """
 
     problem: Problem = CLASSIFICATION
@@ -62,6 +64,11 @@ class MetaLearner(nn.Module):
     def set_training_step(self, step: int, total: int) -> None:
         """Called by :func:`~metalib.train.meta_train` before outer step ``step`` of ``total``: learners whose
         training changes over the run (MAML++'s annealing) follow it; a function of the step, so resuming is exact."""
+
+    def finish_training(self, sampler) -> None:
+        """Called by :func:`~metalib.train.meta_train` when training has ended (also when a finished run is resumed),
+        before the final checkpoint, with the training sampler: state computed from the training data with the
+        final weights goes here. Must give the same result every time (every process of a sharded run calls it)."""
 
     def default_optimizer(self, name: str | None = None, lr: float | None = None) -> torch.optim.Optimizer:
         """Adam (default lr 1e-3) or SGD (default lr 1.0), Adam unless the learner says otherwise (Reptile: SGD

@@ -166,7 +166,10 @@ class LearnerSpec:
     spatial maps: Relation Networks) or ``"none"`` (it builds its own networks). ``problems``: the tasks it can learn
     (``problem_note`` says why not the others).
     ``inner_loop``: it adapts by the inner loop at test time (``inner_lr``/``inner_steps`` are its settings).
-    ``optimizer``: the outer optimiser its ``default_optimizer()`` makes (Adam at 1e-3; SGD at 1.0 for Reptile)."""
+    ``optimizer``: the outer optimiser its ``default_optimizer()`` makes (Adam at 1e-3; SGD at 1.0 for Reptile).
+    ``training``: what it trains on, ``"episodes"`` (N-way K-shot tasks) or ``"batches"`` (supervised minibatches over
+    every training class, :class:`~metalib.tasks.ClassBatches`: the transfer baselines, whose ``ways`` is then the
+    number of training classes)."""
 
     name: str
     settings: type[Settings]
@@ -177,11 +180,15 @@ class LearnerSpec:
     problem_note: str = ""
     inner_loop: bool = True
     optimizer: str = "adam"
+    training: str = "episodes"
     MODELS: ClassVar[tuple[str, ...]] = ("classifier", "embedding", "feature_maps", "none")
+    TRAININGS: ClassVar[tuple[str, ...]] = ("episodes", "batches")
 
     def __post_init__(self):
         if self.model not in self.MODELS:
             raise ValueError(f"LearnerSpec {self.name!r}: model must be one of {self.MODELS}, got {self.model!r}")
+        if self.training not in self.TRAININGS:
+            raise ValueError(f"LearnerSpec {self.name!r}: training must be one of {self.TRAININGS}, got {self.training!r}")
         unknown = [p for p in self.problems if p not in PROBLEMS]
         if unknown or not self.problems:
             raise ValueError(f"LearnerSpec {self.name!r}: problems must be among {PROBLEMS}, got {self.problems}")

@@ -11,12 +11,14 @@ a meta-batch can be split across processes in any way without changing the tasks
 ``sampler``     ``TaskSampler``: indexed, deterministic task families; ``task_seed``
 ``episodes``    ``EpisodeSampler``: N-way K-shot classification episodes
 ``sinusoids``   ``SinusoidTasks``: the MAML sinusoid regression family
+``batches``     ``ClassBatches``: minibatches over all classes of a split (supervised pre-training)
 ==============  ===================================================================
 """
 from .batch import TaskBatch
+from .batches import ClassBatches
 from .episodes import EpisodeSampler
 from .sampler import TaskSampler, check_count, task_generator, task_seed
 from .sinusoids import SinusoidTasks
 
-__all__ = ["EpisodeSampler", "SinusoidTasks", "TaskBatch", "TaskSampler", "check_count", "task_generator",
+__all__ = ["ClassBatches", "EpisodeSampler", "SinusoidTasks", "TaskBatch", "TaskSampler", "check_count", "task_generator",
            "task_seed"]
