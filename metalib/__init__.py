@@ -6,12 +6,14 @@ Everything a notebook cell needs is importable from here, one layer after anothe
 
 ==================  ==========================================================================================
 data and tasks      ``omniglot_splits``, ``load_dataset`` (a benchmark or your own image folder), ``ClassSplit``,
-                    ``FewShotDataset``, ``EpisodeSampler``, ``SinusoidTasks``, ``TaskBatch``
+                    ``FewShotDataset``, ``EpisodeSampler``, ``SinusoidTasks``, ``TaskBatch``, ``ClassBatches``
+                    (pre-training minibatches)
 models              ``conv4``, ``resnet12``, ``mlp``, ``backbone(name, ...)``
 the inner loop      ``InnerConfig``, ``adapt``, ``task_losses``, ``forward_adapted``, ``resolve_strategy``
 learners            ``make_learner(name, model, **settings)`` for every registered algorithm (``REGISTRY``)
 training            ``meta_train``, ``make_optimizer``, ``save_checkpoint``, ``load_checkpoint``, ``run_dir``
-evaluation          ``evaluate`` (mean and 95% interval), ``adaptation_curve``, ``adapted_predictions``
+evaluation          ``evaluate`` (mean and 95% interval), ``paired_difference``, ``adaptation_curve``,
+                    ``adapted_predictions``
 prediction          ``predict`` (support images and labels + new images -> labels and probabilities),
                     ``predict_folders``
 the model zoo       ``load_pretrained``, ``pretrained_preprocess``, ``pretrained`` (manifests, ``results()``),
@@ -28,7 +30,8 @@ from .algorithms.ridge import ridge_head
 from .checkpoints import load_checkpoint, load_snapshots, run_dir, save_checkpoint
 from .data import (BENCHMARKS, ClassSplit, FewShotDataset, ImagePreprocess, load_benchmark, load_dataset,
                    load_image_folder, load_omniglot, omniglot_splits)
-from .evaluate import EvalResult, adaptation_curve, adapted_predictions, confidence_interval, evaluate
+from .evaluate import (EvalResult, adaptation_curve, adapted_predictions, confidence_interval, evaluate,
+                       paired_difference)
 from .errors import UserError
 from .execution import Execution
 from .inner import InnerConfig, adapt, forward, forward_adapted, resolve_strategy, task_losses
@@ -39,7 +42,7 @@ from .pretrained import load_pretrained, pretrained_preprocess
 from .problems import CLASSIFICATION, REGRESSION, Problem
 from .profiling import measure
 from .recipes import RECIPES, Recipe, get_recipe
-from .tasks import EpisodeSampler, SinusoidTasks, TaskBatch, TaskSampler
+from .tasks import ClassBatches, EpisodeSampler, SinusoidTasks, TaskBatch, TaskSampler
 from .train import NonFiniteError, TrainingInterrupted, make_optimizer, meta_train
 from .utils import DeviceError, resolve_device, seed_everything, setup
 
@@ -56,7 +59,7 @@ __all__ = [
     "TrainingInterrupted", "make_optimizer", "meta_train", "DeviceError", "resolve_device", "seed_everything", "setup",
     "pretrained", "reproduce", "viz", "BENCHMARKS", "FewShotDataset", "ImagePreprocess", "load_benchmark",
     "load_dataset", "load_image_folder", "ResNet12", "resnet12", "backbone", "Prediction", "predict", "predict_folders",
-    "pretrained_preprocess",
+    "pretrained_preprocess", "paired_difference", "ClassBatches",
 ]
 
 

@@ -15,7 +15,7 @@ from .inner import check_batchnorm, forward_adapted
 from .tasks import TaskBatch, check_count as _check_count
 from .utils import show_progress
 
-__all__ = ["EvalResult", "evaluate", "confidence_interval", "adaptation_curve", "adapted_predictions"]
+__all__ = ["EvalResult", "evaluate", "paired_difference", "confidence_interval", "adaptation_curve", "adapted_predictions"]
 
 
 def confidence_interval(values: Tensor, z: float = 1.96, dim: int | None = None) -> tuple:
@@ -53,6 +53,15 @@ class EvalResult:
     def as_dict(self) -> dict:
         return {"metric": self.metric, "mean": self.mean, "ci95": self.ci95, "n_tasks": self.n_tasks,
                 "steps": self.steps, **self.settings}
+
+
+def paired_difference(a: EvalResult, b: EvalResult) -> tuple[float, float]:
+    """Mean and 95% interval of ``a``'s score minus ``b``'s, task by task: both must be scored on the same tasks
+    (the same sampler and ``n_tasks``). Pairing removes the tasks' own difficulty from the comparison, so the interval
+    is far narrower than the two results' own intervals suggest."""
+    if a.scores is None or b.scores is None or a.scores.shape != b.scores.shape:
+        raise ValueError("paired_difference needs two results scored on the same tasks (same sampler and n_tasks)")
+    return confidence_interval(a.scores.double() - b.scores.double())
 
 
 def evaluate(learner: MetaLearner, sampler, *, n_tasks: int = 600, steps: int | None = None, batch_size: int = 32,

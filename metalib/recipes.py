@@ -21,7 +21,7 @@ from .errors import ArgumentError
 
 __all__ = ["Recipe", "RECIPES", "get_recipe"]
 
-_NOT_OPTIONS = ("name", "algorithm", "tests", "batchnorm", "published", "why", "learner")
+_NOT_OPTIONS = ("name", "algorithm", "tests", "batchnorm", "published", "why", "learner", "weights")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ class Recipe:
     snapshot_every: int = 500      # meta-parameter snapshots for the accuracy-against-time curve
     published: dict[str, str] = field(default_factory=dict)
     why: str = ""
+    weights: str | None = None     # another recipe whose trained weights this one evaluates its own way (the transfer
+    # baselines that pre-train alike share one training run and one model file)
 
     def __post_init__(self):
         cls = learner_spec(self.algorithm).settings
@@ -88,8 +90,8 @@ class Recipe:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        for k, default in (("model", "conv4"), ("image_size", None), ("batch_size", None)):  # added since the zoo's
-            # manifests were written
+        for k, default in (("model", "conv4"), ("image_size", None), ("batch_size", None), ("weights", None)):
+            # (fields added since the zoo's manifests were written)
             if d[k] == default:
                 del d[k]
         d["learner"] = self.learner.as_dict()
@@ -275,6 +277,18 @@ RECIPES["baseline-omniglot"] = Recipe(
         "At test time a new linear head is trained on each support set (100 full-batch SGD steps at 0.01, momentum "
         "0.9, weight decay 1e-3) with the body frozen. SimpleShot, the linear probe and fine-tuning pre-train the "
         "same way, so they share these weights. No paper reports these baselines on Omniglot's Vinyals protocol.")
+
+for _name, _how in (("simpleshot", "nearest centroid on features centred by the training images' mean feature and "
+                                   "L2-normalised (Wang et al.'s CL2N)"),
+                    ("linear_probe", "multinomial logistic regression on L2-normalised features, L2 penalty 1 "
+                                     "(scikit-learn's default C = 1, as Tian et al.), L-BFGS for up to 100 iterations"),
+                    ("finetune", "every weight fine-tuned on the support set with a cosine head (scale 10) started at "
+                                 "the support's normalised class means (Dhillon et al.'s support-based initialisation), "
+                                 "25 full-batch SGD steps at 0.01 (their 25 epochs), without their transductive entropy term")):
+    RECIPES[f"{_name}-omniglot"] = replace(
+        RECIPES["baseline-omniglot"], name=f"{_name}-omniglot", algorithm=_name, learner=None,
+        weights="baseline-omniglot",
+        why=f"The baseline-omniglot pre-training (its weights: the two learners train identically), tested by {_how}.")
 
 RECIPES["maml-omniglot-5w1s-trainval"] = replace(
     RECIPES["maml-omniglot-5w1s"], name="maml-omniglot-5w1s-trainval", train_split="trainval", val_tasks=0,

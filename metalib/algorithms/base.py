@@ -30,6 +30,7 @@ class MetaLearner(nn.Module):
       :func:`metalib.predict.predict` turns into labels and probabilities;
     * ``default_optimizer(name=None, lr=None)`` and ``test_steps``: the learner's own defaults;
     * ``set_training_step(step, total)``: the outer step about to run (a no-op unless training is scheduled);
+    * ``zoo_state()``: what the model zoo ships of it (its ``state_dict`` by default);
     * ``finish_training(sampler)``: called once training has ended, before the final checkpoint (a no-op unless the
       learner derives state from its training data: the transfer baselines' feature mean).
     """
@@ -64,6 +65,11 @@ class MetaLearner(nn.Module):
     def set_training_step(self, step: int, total: int) -> None:
         """Called by :func:`~metalib.train.meta_train` before outer step ``step`` of ``total``: learners whose
         training changes over the run (MAML++'s annealing) follow it; a function of the step, so resuming is exact."""
+
+    def zoo_state(self) -> dict[str, Tensor]:
+        """What a shipped model file holds: the ``state_dict`` less what only training needs (the transfer
+        baselines' pre-training head); ``load_state_dict`` accepts it."""
+        return self.state_dict()
 
     def finish_training(self, sampler) -> None:
         """Called by :func:`~metalib.train.meta_train` when training has ended (also when a finished run is resumed),

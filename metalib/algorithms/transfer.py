@@ -38,7 +38,8 @@ from ..utils import seeded
 from .base import MetaLearner, embed_episode
 from .registry import LearnerSpec, NoSettings, Settings, register, setting
 
-__all__ = ["TransferLearner", "transfer_learner", "fit_head", "logistic_regression", "class_means", "METHODS",
+__all__ = ["TransferLearner", "transfer_learner", "fit_head", "logistic_regression", "class_means", "centroid_logits",
+           "METHODS",
            "HeadSettings", "CosineHeadSettings", "LinearProbeSettings", "FinetuneSettings"]
 
 #: test-time method of each transfer learner, and whether its pre-training head is a cosine one
@@ -50,6 +51,13 @@ def class_means(z: Tensor, y: Tensor, ways: int) -> Tensor:
     """Each class's mean ``[B, N, D]`` of features ``z`` ``[B, n, D]`` with labels ``y`` ``[B, n]``."""
     onehot = F.one_hot(y, ways).to(z.dtype)
     return onehot.transpose(1, 2) @ z / onehot.sum(1).unsqueeze(-1)
+
+
+def centroid_logits(zs: Tensor, ys: Tensor, zq: Tensor, ways: int, mean: Tensor) -> Tensor:
+    """SimpleShot's classifier: negative squared distances ``[B, q, N]`` from each query to the class centroids, after
+    centring every feature by ``mean`` and L2-normalising it (CL2N)."""
+    zs, zq = F.normalize(zs - mean, dim=-1), F.normalize(zq - mean, dim=-1)
+    return -torch.cdist(zq, class_means(zs, ys, ways)).pow(2)
 
 
 def _head_logits(z: Tensor, w: Tensor, b: Tensor | None, scale: float | None) -> Tensor:
@@ -85,23 +93,27 @@ def logistic_regression(zs: Tensor, ys: Tensor, ways: int, *, l2: float = 1.0, m
                         ) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression per task, as scikit-learn's ``LogisticRegression(C=1/l2)`` solves it:
     minimise ``sum_i CE_i + l2 / 2 * |W|^2`` (the bias not penalised) by L-BFGS with a strong-Wolfe line search, in
-    float64. The objective is a sum of the tasks' separate, strictly convex problems, so its minimiser is every
-    task's. Returns ``(weight [B, N, D], bias [B, N])`` in ``zs``'s dtype."""
+    float64, for at most ``max_iter`` iterations. Each task is solved on its own (a joint solve's line search would
+    make an unconverged task's answer depend on the other tasks of its batch). Returns ``(weight [B, N, D],
+    bias [B, N])`` in ``zs``'s dtype."""
+    heads = [_logistic_one(z, y, ways, l2, max_iter) for z, y in zip(zs.detach().double(), ys)]
+    return torch.stack([w for w, _ in heads]).to(zs.dtype), torch.stack([b for _, b in heads]).to(zs.dtype)
+
+
+def _logistic_one(z: Tensor, y: Tensor, ways: int, l2: float, max_iter: int) -> tuple[Tensor, Tensor]:
     with torch.enable_grad():
-        z = zs.detach().double()
-        w = z.new_zeros(z.shape[0], ways, z.shape[2], requires_grad=True)
-        b = z.new_zeros(z.shape[0], ways, requires_grad=True)
+        w = z.new_zeros(ways, z.shape[1], requires_grad=True)
+        b = z.new_zeros(ways, requires_grad=True)
         opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
                                 history_size=20, line_search_fn="strong_wolfe")
 
         def objective() -> Tensor:
             opt.zero_grad()
-            loss = F.cross_entropy(_head_logits(z, w, b, None).flatten(0, 1), ys.flatten(), reduction="sum") \
-                + l2 / 2 * w.pow(2).sum()
+            loss = F.cross_entropy(torch.addmm(b, z, w.T), y, reduction="sum") + l2 / 2 * w.pow(2).sum()
             loss.backward()
             return loss
         opt.step(objective)
-    return w.detach().to(zs.dtype), b.detach().to(zs.dtype)
+    return w.detach(), b.detach()
 
 
 class TransferLearner(MetaLearner):
@@ -161,6 +173,18 @@ class TransferLearner(MetaLearner):
             count += z.shape[0] * z.shape[1]
         self.feature_mean.copy_((total / count).to(self.feature_mean.dtype))
 
+    def zoo_state(self) -> dict[str, Tensor]:
+        """The state without the pre-training head: no test-time method uses it (a quarter of the file at 4800
+        classes)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("classifier.")}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As ``nn.Module``'s; a state without the pre-training head (:meth:`zoo_state`) keeps the head as it is."""
+        own = {k: v for k, v in self.state_dict().items() if k.startswith("classifier.")}
+        if not any(k.startswith("classifier.") for k in state_dict):
+            state_dict = {**state_dict, **own}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     # ---- test time
     def features(self, batch: TaskBatch, batchnorm: str = "transductive") -> tuple[Tensor, Tensor, int]:
         """Frozen support and query features ``[B, n, D]`` and the ways: the task's images through the embedding
@@ -179,9 +203,7 @@ class TransferLearner(MetaLearner):
             zs, zq, ways = self.features(batch, batchnorm)
             ys = batch.support_y
             if self.method == "centroid":
-                zs, zq = F.normalize(zs - self.feature_mean, dim=-1), F.normalize(zq - self.feature_mean, dim=-1)
-                protos = class_means(zs, ys, ways)
-                return -torch.cdist(zq, protos).pow(2)
+                return centroid_logits(zs, ys, zq, ways, self.feature_mean)
             if self.method == "logistic":
                 zs, zq = F.normalize(zs, dim=-1), F.normalize(zq, dim=-1)
                 w, b = logistic_regression(zs, ys, ways, l2=self.l2, max_iter=steps)
@@ -191,28 +213,31 @@ class TransferLearner(MetaLearner):
             return _head_logits(zq, w, b, scale)
 
     def _finetuned_logits(self, batch: TaskBatch, steps: int, batchnorm: str) -> Tensor:
-        """Every weight of each task's copy of the network, and a cosine head started at the support's normalised
-        class means, take ``steps`` SGD steps on the support loss (first order: nothing is meta-learned)."""
-        sx, ys, B = batch.support_x, batch.support_y, len(batch)
+        """Each task on its own (plain convolutions, which a CPU runs faster than grouped ones over the tasks): every
+        weight of a copy of the network, and a cosine head started at the support's normalised class means, take
+        ``steps`` SGD steps on the support loss (first order: nothing is meta-learned here)."""
+        return torch.cat([self._finetune_one(batch[t], steps, batchnorm) for t in range(len(batch))])
+
+    def _finetune_one(self, task: TaskBatch, steps: int, batchnorm: str) -> Tensor:
+        sx, ys = task.support_x, task.support_y
         ways = int(ys.max()) + 1
         body = {k: v.detach() for k, v in self.model.named_parameters()}
         zs = F.normalize(forward_adapted(self.model, body, sx), dim=-1)
-        start = {**{k: v.expand(B, *v.shape).clone() for k, v in body.items()},
-                 "head.weight": F.normalize(class_means(zs, ys, ways), dim=-1)}
+        start = {**{k: v.clone() for k, v in body.items()}, "head.weight": F.normalize(class_means(zs, ys, ways), dim=-1)}
 
         def logits(p: Params, x: Tensor) -> Tensor:
             z = forward_adapted(self.model, {k: v for k, v in p.items() if k != "head.weight"}, x)
             return _head_logits(z, p["head.weight"], None, self.scale)
 
         def support_loss(p: Params, step: int) -> Tensor:
-            return F.cross_entropy(logits(p, sx).flatten(0, 1), ys.flatten(), reduction="sum") / ys.shape[1]
+            return F.cross_entropy(logits(p, sx)[0], ys[0])
         with torch.enable_grad():
             fast = inner_sgd(support_loss, {k: v.requires_grad_() for k, v in start.items()}, self.head_lr, steps,
                              first_order=True)
         fast = {k: v.detach() for k, v in fast.items()}
         if check_batchnorm(batchnorm) == "transductive":
-            return logits(fast, batch.query_x)
-        z = forward_inductive(self.model, {k: v for k, v in fast.items() if k != "head.weight"}, sx, batch.query_x)
+            return logits(fast, task.query_x)
+        z = forward_inductive(self.model, {k: v for k, v in fast.items() if k != "head.weight"}, sx, task.query_x)
         return _head_logits(z, fast["head.weight"], None, self.scale)
 
     def evaluate_batch(self, batch: TaskBatch, steps: int | None = None, batchnorm: str = "transductive") -> Tensor:
@@ -270,7 +295,7 @@ class LinearProbeSettings(Settings):
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneSettings(CosineHeadSettings):
-    head_steps: int = setting(50, _HEAD_STEPS, low=1)
+    head_steps: int = setting(25, _HEAD_STEPS, low=1)
 
 
 _SUMMARIES = {

@@ -142,6 +142,22 @@ class ClassSplit:
         start = int(self.counts[:c].sum())
         return self.images[start:start + int(self.counts[c])]
 
+    def subset(self, fraction: float, *, seed: int = 0) -> "ClassSplit":
+        """A random ``fraction`` of the classes (at least one), drawn by ``seed``, in their original order. Classes that
+        differ only by a ``/rotNNN`` suffix (Omniglot's rotated copies of one character) are kept or dropped together,
+        so that a smaller split has fewer characters, not fewer rotations of each."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        groups = sorted({name.rsplit("/rot", 1)[0] for name in self.class_names})
+        order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed))
+        kept = {groups[i] for i in order[:max(1, round(fraction * len(groups)))].tolist()}
+        idx = [c for c, name in enumerate(self.class_names) if name.rsplit("/rot", 1)[0] in kept]
+        names = [self.class_names[c] for c in idx]
+        if self.counts is None:
+            return ClassSplit(f"{self.name}[{fraction:g}]", self.images[idx], names, preprocess=self.preprocess)
+        return ClassSplit(f"{self.name}[{fraction:g}]", torch.cat([self.class_images(c) for c in idx]), names,
+                          counts=self.counts[idx], preprocess=self.preprocess)
+
     def __repr__(self) -> str:
         kind = f", counts {min(self.class_sizes)}..{max(self.class_sizes)}" if self.ragged and len(self) else ""
         return f"ClassSplit(name={self.name!r}, images={tuple(self.images.shape)} {self.images.dtype}{kind})"

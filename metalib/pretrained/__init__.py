@@ -4,9 +4,11 @@
     learner = load_pretrained("maml-omniglot-5w1s")       # a MetaLearner, ready for evaluate()
     print(manifest("maml-omniglot-5w1s")["evaluation"])  # 600 test tasks, mean and 95% interval
 
-Each model is ``<name>.pt`` (the learner's ``state_dict``, float32) and ``<name>.json``: the recipe and the
-exact command that trained it, the git commit, machine, torch version, wall-clock and CPU time, the training
-history, an accuracy-against-time curve, the evaluation on 600 fixed test tasks of the Vinyals test split
+Each model is ``<name>.pt`` (the learner's ``state_dict``, float32, less what only training needs:
+:meth:`~metalib.algorithms.MetaLearner.zoo_state`) and ``<name>.json``; a manifest with ``weights`` evaluates
+another model's file its own way (the transfer baselines share one pre-trained embedding). The manifest holds the
+recipe and the exact command that trained it, the git commit, machine, torch version, wall-clock and CPU time, the
+training history, an accuracy-against-time curve, the evaluation on 600 fixed test tasks of the Vinyals test split
 (test steps and BatchNorm mode included), and a smaller check set that ``tests/test_pretrained.py``
 re-evaluates. Models are made by ``python -m metalib.pretrained.export`` from a ``train_cli --recipe`` run.
 """
@@ -32,7 +34,7 @@ from ..utils import resolve_device
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["available", "manifest", "migrate_manifest", "manifest_recipe", "load_pretrained", "pretrained_preprocess", "results", "curves",
+__all__ = ["available", "weights_file", "manifest", "migrate_manifest", "manifest_recipe", "load_pretrained", "pretrained_preprocess", "results", "curves",
            "file_sha256", "ZooError", "ZOO"]
 
 ZOO = Path(str(resources.files(__name__)))
@@ -45,7 +47,17 @@ class ZooError(UserError, ValueError):
 
 def available() -> list[str]:
     """Names of the shipped models."""
-    return sorted(p.stem for p in ZOO.glob("*.json") if (ZOO / f"{p.stem}.pt").exists())
+    return sorted(p.stem for p in ZOO.glob("*.json") if weights_file(p.stem).exists())
+
+
+def weights_file(name: str) -> Path:
+    """The model file of shipped model ``name``: ``<name>.pt``, or that of the recipe whose weights it evaluates
+    (a recipe's ``weights``: the transfer baselines share one pre-trained embedding)."""
+    try:
+        shared = json.loads((ZOO / f"{name}.json").read_text(encoding="utf-8")).get("weights")
+    except (OSError, ValueError, AttributeError):
+        shared = None
+    return ZOO / f"{shared or name}.pt"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -106,7 +118,7 @@ def load_pretrained(name: str, device: torch.device | str = "cpu") -> MetaLearne
     """The shipped learner ``name`` on ``device``, built with the settings it was trained with. The model file must
     be the one its manifest describes (its SHA-256 is checked)."""
     info = manifest(name)
-    weights = ZOO / f"{name}.pt"
+    weights = ZOO / f"{info.get('weights') or name}.pt"
     if not weights.exists():
         raise ZooError(f"model file {weights} is missing; {_FIX}")
     if file_sha256(weights) != info["sha256"]:

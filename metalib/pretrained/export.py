@@ -28,7 +28,8 @@ from ..recipes import get_recipe
 from ..tasks import EpisodeSampler
 from ..train import make_optimizer
 from ..train_cli import parse_args
-from ..training_run import learner_from_options, run_settings
+from ..training_run import learner_from_options, run_settings, samplers
+from ..distributed import DistContext
 from ..outputs import torch_save_atomic, write_atomic
 from . import ZOO, file_sha256
 
@@ -122,15 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     if recipe.dataset != "omniglot":  # the zoo's evaluation protocol (test split, samplers, manifests) is Omniglot's
         raise SystemExit(f"error: recipe {a.recipe} trains on {recipe.dataset}; the zoo ships Omniglot models only "
                          "(its manifests, checks and curves use Omniglot's test split)")
-    argv_run = ["--recipe", a.recipe]
-    _, args = parse_args(argv_run)
+    trained = recipe.weights or a.recipe  # a recipe with ``weights`` evaluates that recipe's run its own way
+    if recipe.weights and not (ZOO / f"{recipe.weights}.pt").exists():
+        raise SystemExit(f"error: recipe {a.recipe} evaluates the weights of {recipe.weights}: export that first")
+    _, args = parse_args(["--recipe", a.recipe])
+    _, trained_args = parse_args(["--recipe", trained])
     state = load_checkpoint(a.checkpoint)
-    try:  # the checkpoint must be a run of this recipe
-        learner = learner_from_options(args, torch.device("cpu"))
+    try:  # the checkpoint must be a run of the recipe that trains these weights
+        runner = learner_from_options(trained_args, torch.device("cpu"))
         check_same_run(a.checkpoint, state.get("run_settings"),
-                       run_settings(args, learner, make_optimizer(learner, args.optimizer, args.outer_lr)))
+                       run_settings(trained_args, runner, make_optimizer(runner, trained_args.optimizer,
+                                                                         trained_args.outer_lr)))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+    learner = learner_from_options(args, torch.device("cpu"))
     learner.load_state_dict(state["learner"])
     if state["step"] != recipe.steps:
         print(f"warning: the run stopped at step {state['step']} of {recipe.steps}", file=sys.stderr)
@@ -147,25 +153,30 @@ def main(argv: list[str] | None = None) -> int:
     ways, shots = recipe.tests[0]
     sampler = zoo_test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed)
     probe = learner_from_options(args, torch.device("cpu"))
-    for step, snap in load_snapshots(a.checkpoint).items():
+    snapshots = load_snapshots(a.checkpoint)
+    train = samplers(args, DistContext())["train"] if snapshots else None
+    for step, snap in snapshots.items():
         probe.load_state_dict(snap["learner"])
+        probe.finish_training(train)  # what training derives at its end (a snapshot was taken before it)
         r = evaluate(probe, sampler, n_tasks=a.curve_tasks, steps=steps)
         curve.append({"step": step, "time_s": snap["elapsed"], "cpu_s": snap["cpu_s"], "mean": r.mean, "ci95": r.ci95})
         print(f"  step {step:6d}  {snap['elapsed'] / 60:6.1f} min  {100 * r.mean:.2f}% +/- {100 * r.ci95:.2f}")
     info = {
-        "name": a.recipe, "recipe": recipe.as_dict(), "command": a.command,
+        "name": a.recipe, "recipe": recipe.as_dict(), **({"weights": recipe.weights} if recipe.weights else {}),
+        "command": a.command,
         "git_commit": a.commit or _git_commit(), "torch": torch.__version__, "python": platform.python_version(),
         "machine": a.machine or f"{cpu_name()}, {torch.get_num_threads()} torch threads (CPU)",
         "steps": state["step"], "wall_clock_s": state.get("elapsed"), "cpu_s": state.get("cpu_s"),
         "note": a.note, "evaluation": evaluation, "curve": {"tasks": a.curve_tasks, "column": f"{ways}w{shots}s",
                                                             "points": curve},
-        "history": state["history"], "parameters": sum(v.numel() for v in learner.state_dict().values()),
+        "history": state["history"], "parameters": sum(v.numel() for v in learner.zoo_state().values()),
     }
-    weights = {k: v.detach().to(torch.float32).contiguous() for k, v in learner.state_dict().items()}
-    torch_save_atomic(ZOO / f"{a.recipe}.pt", weights, "model file")
-    info["sha256"] = file_sha256(ZOO / f"{a.recipe}.pt")
+    if not recipe.weights:
+        weights = {k: v.detach().to(torch.float32).contiguous() for k, v in learner.zoo_state().items()}
+        torch_save_atomic(ZOO / f"{a.recipe}.pt", weights, "model file")
+    info["sha256"] = file_sha256(ZOO / f"{trained}.pt")
     write_atomic(ZOO / f"{a.recipe}.json", json.dumps(info, indent=1) + "\n", "manifest")
-    print(f"wrote {ZOO / a.recipe}.pt and .json")
+    print(f"wrote {ZOO / a.recipe}.json" + ("" if recipe.weights else " and .pt"))
     return 0
 
 
