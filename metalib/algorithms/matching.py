@@ -124,8 +124,8 @@ def matching(model: nn.Module, *, scale: float = 10.0, full_context: bool = Fals
 
 @dataclass(frozen=True, kw_only=True)
 class MatchingSettings(Settings):
-    logit_scale: float = setting(10.0, "matching: where the learned scale of the cosine attention starts", low=0,
-                                 strict=True)
+    logit_scale: float = setting(10.0, "matching/r2d2: where the learned logit scale starts (of the cosine "
+                                 "attention; of the ridge head)", low=0, strict=True)
     full_context: bool = setting(False, "matching: full context embeddings (LSTMs over the support set)")
     context_steps: int = setting(5, "matching: attention steps of the query LSTM with full context embeddings", low=1)
 

@@ -75,7 +75,8 @@ def r2d2(model: nn.Module, *, lam: float = 1.0, scale: float = 1.0) -> R2D2:
 @dataclass(frozen=True, kw_only=True)
 class R2D2Settings(Settings):
     ridge_lambda: float = setting(1.0, "r2d2: where the learned ridge penalty starts", low=0, strict=True)
-    logit_scale: float = setting(1.0, "r2d2: where the learned logit scale starts", low=0, strict=True)
+    logit_scale: float = setting(1.0, "matching/r2d2: where the learned logit scale starts (of the cosine "
+                                 "attention; of the ridge head)", low=0, strict=True)
 
 
 register(LearnerSpec("r2d2", R2D2Settings, lambda model, s, ctx: r2d2(model, lam=s.ridge_lambda, scale=s.logit_scale),
