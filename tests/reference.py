@@ -197,3 +197,33 @@ def directional_derivatives(learner, model, batch, grads: dict, eps: float = 1e-
         return value
 
     return (loss_at(eps) - loss_at(-eps)) / (2 * eps), analytic, direction
+
+
+def episode_gradient_check(learner, batch, names: list[str], h: float = 1e-6) -> tuple[float, float]:
+    """``(analytic, numeric)``: the derivative of an episode learner's training loss (``episode_loss`` of its logits,
+    averaged over the tasks) along a random direction in the parameters ``names``, from its meta-gradient and by
+    central differences in float64."""
+    grads, _ = learner.meta_gradient(batch)
+    params = dict(learner.named_parameters())
+    gen = torch.Generator().manual_seed(2)
+    direction = {k: torch.randn(params[k].shape, generator=gen, dtype=params[k].dtype) for k in names}
+    values = []
+    with torch.no_grad():
+        for s in (h, -h):
+            for k in names:
+                params[k].add_(s * direction[k])
+            values.append(learner.episode_loss(learner.logits(batch), batch.query_y).mean().item())
+            for k in names:
+                params[k].sub_(s * direction[k])
+    return sum((grads[k] * direction[k]).sum().item() for k in names), (values[0] - values[1]) / (2 * h)
+
+
+def accuracy_after_training(learner, images, steps: int, optimizer=None) -> float:
+    """A learner meta-trained ``steps`` steps (meta-batch 4) on 5-way 1-shot episodes of ``images`` (e.g. the
+    ``pattern_images`` fixture's), then its accuracy on 40 other episodes of them: does it learn a task family?"""
+    from metalib.evaluate import evaluate
+    from metalib.train import meta_train
+
+    meta_train(learner, EpisodeSampler(images, ways=5, shots=1, queries=5, seed=1), steps=steps, meta_batch=4,
+               optimizer=optimizer, progress=False)
+    return evaluate(learner, EpisodeSampler(images, ways=5, shots=1, queries=5, seed=2), n_tasks=40).mean

@@ -12,10 +12,9 @@ import torch
 from metalib.algorithms import matching
 from metalib.algorithms.matching import matching_log_probs
 from metalib.errors import ArgumentError
-from metalib.evaluate import evaluate
 from metalib.models import conv4
 from metalib.tasks import EpisodeSampler
-from metalib.train import meta_train
+from reference import accuracy_after_training, episode_gradient_check
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,26 +72,13 @@ def test_meta_gradient_equals_finite_differences(full_context, pattern_images):
     assert set(grads) == set(learner.meta_parameters()) and np.isfinite(metrics["loss"])
     names = ["log_scale", "model.features.4.weight"] + (["support_lstm.weight_hh_l0_reverse", "query_lstm.weight_ih"]
                                                         if full_context else [])
-    params = dict(learner.named_parameters())
-    gen = torch.Generator().manual_seed(2)
-    direction = {k: torch.randn(params[k].shape, generator=gen, dtype=torch.float64) for k in names}
-    h, values = 1e-6, []
-    with torch.no_grad():
-        for s in (h, -h):
-            for k in names:
-                params[k].add_(s * direction[k])
-            values.append(learner.problem.task_loss(learner.logits(batch), batch.query_y).mean().item())
-            for k in names:
-                params[k].sub_(s * direction[k])
-    analytic = sum((grads[k] * direction[k]).sum().item() for k in names)
-    assert abs(analytic) > 1e-6 and analytic == pytest.approx((values[0] - values[1]) / (2 * h), rel=1e-6)
+    analytic, numeric = episode_gradient_check(learner, batch, names)
+    assert abs(analytic) > 1e-6 and analytic == pytest.approx(numeric, rel=1e-6)
 
 
 def test_matching_learns_a_synthetic_task_family_and_rejects_bad_settings(pattern_images):
     images = pattern_images(30)
     learner = matching(conv4(0, hidden=16, seed=0))
-    meta_train(learner, EpisodeSampler(images, ways=5, shots=1, queries=5, seed=1), steps=20, meta_batch=4,
-               progress=False)
-    assert evaluate(learner, EpisodeSampler(images, ways=5, shots=1, queries=5, seed=2), n_tasks=40).mean > 0.9
+    assert accuracy_after_training(learner, images, 20) > 0.9
     with pytest.raises(ArgumentError, match="scale must be > 0"):
         matching(conv4(0, hidden=8), scale=0.0)
