@@ -38,6 +38,9 @@ class MetaLearner(nn.Module):
     problem: Problem = CLASSIFICATION
     name: str = "learner"
     test_steps: int | None = None  # adaptation steps used at test time when none are given
+    # whether evaluation reads state that finish_training derives from the training data (SimpleShot's mean
+    # feature): a snapshot, taken before training ended, needs finish_training before it is evaluated
+    tests_with_training_statistics: bool = False
 
     def meta_parameters(self) -> dict[str, nn.Parameter]:
         return dict(self.named_parameters())

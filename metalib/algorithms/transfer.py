@@ -135,6 +135,7 @@ class TransferLearner(MetaLearner):
         self.model, self.classes = model, classes
         self.head_steps, self.head_lr, self.scale, self.l2 = head_steps, head_lr, scale, l2
         self.test_steps = None if self.method == "centroid" else head_steps
+        self.tests_with_training_statistics = self.method == "centroid"
         with seeded(seed):
             self.classifier = nn.Linear(model.embedding_dim, classes, bias=not self.cosine)
         self.register_buffer("feature_mean", torch.zeros(model.embedding_dim))

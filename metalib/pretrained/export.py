@@ -153,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     sampler = zoo_test_sampler(split, ways, shots, recipe.eval_queries, recipe.seed)
     probe = learner_from_options(args, torch.device("cpu"))
     snapshots = load_snapshots(a.checkpoint)
-    train = samplers(args, DistContext())["train"] if snapshots else None
+    train = samplers(args, DistContext())["train"] if snapshots and probe.tests_with_training_statistics else None
     for step, snap in snapshots.items():
         probe.load_state_dict(snap["learner"])
-        probe.finish_training(train)  # what training derives at its end (a snapshot was taken before it)
+        if train is not None:  # what training derives at its end (a snapshot was taken before it)
+            probe.finish_training(train)
         r = evaluate(probe, sampler, n_tasks=a.curve_tasks, steps=steps)
         curve.append({"step": step, "time_s": snap["elapsed"], "cpu_s": snap["cpu_s"], "mean": r.mean, "ci95": r.ci95})
         print(f"  step {step:6d}  {snap['elapsed'] / 60:6.1f} min  {100 * r.mean:.2f}% +/- {100 * r.ci95:.2f}")
