@@ -205,3 +205,40 @@ def test_recipe_results_evaluate_every_batchnorm_mode_of_the_recipe(monkeypatch,
                                  data_dir=omniglot_data_dir)
     assert [(r["ways"], r["batchnorm"], r["published"]) for r in rows] == [
         (5, "transductive", "98.8"), (5, "inductive", "97.0"), (20, "transductive", None), (20, "inductive", None)]
+
+
+def test_export_ships_one_pretraining_that_every_transfer_method_shares(tmp_path, monkeypatch, omniglot_data_dir,
+                                                                      one_torch_thread):
+    """baseline-omniglot's run is exported once, without its 4800-class pre-training head; simpleshot-omniglot is a
+    manifest that evaluates the same file its own way, with SimpleShot's feature mean on its curve's snapshots."""
+    from dataclasses import replace
+
+    from metalib import recipes
+    from metalib.pretrained import export
+    from metalib.tasks import ClassBatches
+    from metalib.train_cli import train_recipe
+
+    for name in ("baseline-omniglot", "simpleshot-omniglot"):  # the recipes, two steps long, tested on 5-way 1-shot
+        monkeypatch.setitem(recipes.RECIPES, name, replace(RECIPES[name], steps=2, batch_size=16, snapshot_every=1,
+                                                           val_every=1, tests=((5, 1),)))
+    # the feature mean over two minibatches instead of the 96 000 training images
+    monkeypatch.setattr(ClassBatches, "epoch_batches", lambda self, epoch=0: (self.task(i).query_x for i in range(2)))
+    monkeypatch.setattr(zoo, "ZOO", tmp_path)
+    monkeypatch.setattr(export, "ZOO", tmp_path)
+    checkpoint = tmp_path / "runs" / "baseline.pt"
+    train_recipe("baseline-omniglot", checkpoint, device="cpu", data_dir=omniglot_data_dir, progress=False)
+    common = ["--checkpoint", str(checkpoint), "--command", "a test", "--eval-tasks", "3", "--check-tasks", "2",
+              "--curve-tasks", "2"]
+    with pytest.raises(SystemExit, match="export that first"):
+        export.main(["simpleshot-omniglot", *common])
+    assert export.main(["baseline-omniglot", *common]) == 0 and export.main(["simpleshot-omniglot", *common]) == 0
+    assert zoo.available() == ["baseline-omniglot", "simpleshot-omniglot"]
+    assert not (tmp_path / "simpleshot-omniglot.pt").exists()
+    shipped = torch.load(tmp_path / "baseline-omniglot.pt")
+    assert "feature_mean" in shipped and not any(k.startswith("classifier.") for k in shipped)
+    info = manifest("simpleshot-omniglot")
+    assert info["weights"] == "baseline-omniglot" and info["sha256"] == manifest("baseline-omniglot")["sha256"]
+    assert len(info["curve"]["points"]) == 2 and info["evaluation"][0]["check_tasks"] == 2
+    learner = load_pretrained("simpleshot-omniglot")
+    assert learner.name == "simpleshot" and learner.feature_mean.abs().sum() > 0
+    assert torch.equal(learner.model.features[0].weight, load_pretrained("baseline-omniglot").model.features[0].weight)
