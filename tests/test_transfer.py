@@ -202,3 +202,21 @@ def test_paired_difference_is_the_interval_of_the_per_task_differences():
     assert mean == pytest.approx(d.mean()) and half == pytest.approx(1.96 * d.std(ddof=1) / 2)
     with pytest.raises(ValueError, match="same tasks"):
         paired_difference(a, EvalResult("accuracy", 0.0, 0.0, 3, None, scores=torch.ones(3)))
+
+
+def test_the_command_line_pretrains_on_minibatches_and_sizes_the_head_by_the_training_classes(
+        omniglot_data_dir, tmp_path, capsys, monkeypatch):
+    from metalib.train_cli import run
+
+    # SimpleShot's feature mean over two minibatches instead of all 82 240 training images (half a minute)
+    monkeypatch.setattr(ClassBatches, "epoch_batches", lambda self, epoch=0: (self.task(i).query_x for i in range(2)))
+
+    argv = ["--algorithm", "simpleshot", "--data-dir", str(omniglot_data_dir), "--steps", "2", "--batch-size", "8",
+            "--val-tasks", "2", "--val-every", "1", "--eval-tasks", "2", "--no-progress"]
+    assert run([*argv, "--checkpoint", str(tmp_path / "run.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "classes=4112" in out and "val_accuracy" in out and "test accuracy" in out
+    assert run([*argv, "--ways", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("error: simpleshot pre-trains a head over all 4112 training classes: --ways must be 4112 "
+                           "(or left out), got 5")
