@@ -23,6 +23,7 @@ from ..errors import ArgumentError
 from ..inner import check_batchnorm
 from ..problems import GAUSSIAN
 from ..tasks import TaskBatch
+from ..utils import seeded
 from ..params import Params
 from .base import EpisodeClassifier, MetaLearner, embed_episode
 from .registry import LearnerSpec, Settings, register, setting
@@ -77,9 +78,7 @@ def cnp(model: nn.Module | None = None, *, x_dim: int = 1, y_dim: int = 1, hidde
     """A CNP (it brings its own networks: ``model`` must be None; it is accepted for ``make_learner``'s signature)."""
     if model is not None:
         raise ArgumentError("cnp builds its own encoder and decoder: pass model=None")
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded(seed):
         return CNP(x_dim, y_dim, hidden, layers)
 
 
@@ -122,9 +121,7 @@ def attention_learner(model: nn.Module, *, ways: int = 5, width: int = 128, head
     dim = embedding_dim or getattr(model, "embedding_dim", None)
     if dim is None:
         raise ArgumentError("pass embedding_dim: the model has no embedding_dim attribute")
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded(seed):
         return AttentionLearner(model, ways, dim, width=width, heads=heads, blocks=blocks)
 
 
