@@ -290,6 +290,16 @@ for _name, _how in (("simpleshot", "nearest centroid on features centred by the 
         weights="baseline-omniglot",
         why=f"The baseline-omniglot pre-training (its weights: the two learners train identically), tested by {_how}.")
 
+# Baseline++ pre-trains with its own (cosine) head, so it cannot share baseline-omniglot's weights
+RECIPES["baseline_pp-omniglot"] = replace(
+    RECIPES["baseline-omniglot"], name="baseline_pp-omniglot", algorithm="baseline_pp", learner=None,
+    why="Chen et al.'s Baseline++: baseline-omniglot's pre-training (conv4 over the 4800 rotated characters of train + "
+        "val, minibatches of 64, Adam from 1e-3 cosine-annealed to 0 over 15 000 steps) with a cosine classifier, "
+        "logits 10 cos(z, w_c) and no bias (their scale for more than 200 training classes). At test time a new cosine "
+        "head (scale 10) started at the support's normalised class means is trained on each support set (100 "
+        "full-batch SGD steps at 0.01, momentum 0.9, weight decay 1e-3) with the body frozen. No paper reports "
+        "Baseline++ on Omniglot's Vinyals protocol.")
+
 RECIPES["maml-omniglot-5w1s-trainval"] = replace(
     RECIPES["maml-omniglot-5w1s"], name="maml-omniglot-5w1s-trainval", train_split="trainval", val_tasks=0,
     lr_min=0.0,
