@@ -301,3 +301,28 @@ def test_embedding_learners_on_worker_threads_give_the_single_pass_meta_gradient
     single, reference = learner.meta_gradient(batch)
     assert (flat(list(threaded.values())) - flat(list(single.values()))).abs().max() < 1e-12
     assert metrics == pytest.approx(reference) and flat(list(single.values())).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("make", [protonet, r2d2, matching], ids=["protonet", "r2d2", "matching"])
+def test_embedding_learners_test_task_by_task_on_a_cpu_as_one_grouped_pass(make):
+    """At test time (no autograd) `embed_episode` embeds each task with plain convolutions, which a CPU runs about 3x
+    faster than one grouped pass over the batch (benchmarks/evaluation.py); the logits are the grouped pass's."""
+    learner = make(conv4(0, hidden=8, seed=0).double())
+    batch = omniglot_like_batch(tasks=4, queries=3)
+    model, tasks_per_pass = learner.model, []
+    original = model.forward_tasks
+
+    def counting(params, x, *rest):
+        tasks_per_pass.append(x.shape[0])
+        return original(params, x, *rest)
+    model.forward_tasks = counting
+    try:
+        with torch.no_grad():
+            per_task = learner.query_outputs(batch)
+        assert tasks_per_pass == [1, 1, 1, 1]
+        tasks_per_pass.clear()
+        grouped = learner.logits(batch).detach()  # with autograd on: the grouped pass, as training takes it
+        assert tasks_per_pass == [4]
+    finally:
+        del model.forward_tasks
+    torch.testing.assert_close(per_task, grouped, rtol=1e-12, atol=1e-12)

@@ -110,7 +110,13 @@ def embed_episode(model: nn.Module, batch: TaskBatch, params: Params | None = No
     ``model`` (with ``params``, default its own) in one batch per task, so BatchNorm statistics are per task
     (transductive), as in the MAML family."""
     x = torch.cat([batch.support_x, batch.query_x], dim=1)
-    z = forward_adapted(model, dict(model.named_parameters()) if params is None else params, x)
+    params = dict(model.named_parameters()) if params is None else params
+    if x.device.type == "cpu" and len(x) > 1 and not torch.is_grad_enabled():
+        # at test time on a CPU, each task's plain convolutions are faster than one grouped pass over the tasks
+        # (BENCHMARKS.md); training passes a task at a time anyway or runs its tasks on worker threads
+        z = torch.cat([forward_adapted(model, params, x[i:i + 1]) for i in range(len(x))])
+    else:
+        z = forward_adapted(model, params, x)
     n_support = batch.support_x.shape[1]
     return z[:, :n_support], z[:, n_support:], int(batch.support_y.max()) + 1
 
