@@ -14,17 +14,23 @@ import time
 
 import torch
 
-from metalib import conv4
+from metalib import TaskBatch, conv4
+from metalib.algorithms.base import embed_episode
 from metalib.inner import forward_adapted
 from metalib.profiling import cpu_name
 
 
 def _grouped(model, params, x):
+    """The pass `embed_episode` took at test time before issue 30's change (and still takes in training)."""
     return forward_adapted(model, params, x)
 
 
 def _per_task(model, params, x):
-    return torch.cat([forward_adapted(model, params, x[i:i + 1]) for i in range(len(x))])
+    """`embed_episode` itself, as every embedding learner calls it at test time (one support image per task here)."""
+    batch = TaskBatch(x[:, :1], torch.zeros(len(x), 1, dtype=torch.long), x[:, 1:],
+                      torch.zeros(len(x), x.shape[1] - 1, dtype=torch.long))
+    zs, zq, _ = embed_episode(model, batch, params)
+    return torch.cat([zs, zq], dim=1)
 
 
 def main() -> None:
