@@ -112,7 +112,7 @@ def test_results_label_each_model_by_its_recipe_variant():
     table = results()
     assert set(table["model"]) == set(MODELS)
     variants = dict(zip(table["model"], table["variant"]))
-    assert variants["maml-omniglot-5w1s"] == "" and variants["maml-omniglot-5w1s-trainval"] == "trainval"
+    assert variants["maml-omniglot-5w1s"] == "" and variants["maml-omniglot-5w1s-mb16"] == "mb16"
     assert not table.duplicated(["column", "algorithm", "variant", "batchnorm"]).any()
     assert (table["meta_batch"] == [manifest(m)["recipe"]["meta_batch"] for m in table["model"]]).all()
 

@@ -138,7 +138,7 @@ def load_pretrained(name: str, device: torch.device | str = "cpu") -> MetaLearne
 
 def _variant(name: str) -> str:
     """What a recipe's name adds after its algorithm, dataset and column: "" for ``maml-omniglot-5w1s``,
-    "trainval" for ``maml-omniglot-5w1s-trainval``."""
+    "trainval" for ``protonet-omniglot-1shot-trainval``."""
     return name.split("-", 3)[3] if name.count("-") >= 3 else ""
 
 
