@@ -267,6 +267,8 @@ def _lock(held: ExitStack, checkpoint: str | os.PathLike, execution: Execution) 
 
 
 _RENAMED = {"maml++": "mamlpp"}  # learner names recorded by earlier versions: the same learner
+# describe() values that earlier versions recorded under a wrong label: the same run (MAML++ was said to adapt its head)
+_RELABELLED = {"adapted": {"all but the per-step BatchNorm": "head"}}
 
 
 def _common(saved: dict | None, now: dict) -> tuple[dict | None, dict]:
@@ -276,4 +278,6 @@ def _common(saved: dict | None, now: dict) -> tuple[dict | None, dict]:
         return None, now
     saved = {k: _RENAMED.get(v, v) if k == "algorithm" else v for k, v in saved.items()}
     keys = set(saved) & set(now)
-    return {k: saved[k] for k in keys}, {k: now[k] for k in keys}
+    saved = {k: now[k] if isinstance(now[k], str) and _RELABELLED.get(k, {}).get(now[k]) == saved[k] else saved[k]
+             for k in keys}
+    return saved, {k: now[k] for k in keys}

@@ -176,3 +176,13 @@ def test_mamlpp_defaults_are_the_papers_schedules_as_shares_of_the_run():
     assert mamlpp(conv4(5, hidden=4), msl_steps=0, first_order_steps=0).schedule(1500) == (0, 0)
     with pytest.raises(ArgumentError, match="msl_steps must be an integer >= 0 or None"):
         mamlpp(conv4(5, hidden=4), msl_steps=-1)
+
+
+def test_describe_says_which_weights_each_inner_loop_adapts():
+    """MAML++ adapts every weight but its per-step BatchNorm ones; it used to be reported as adapting the head."""
+    from metalib.algorithms import anil
+
+    assert mamlpp(conv4(5, hidden=8)).describe()["adapted"] == "all but the per-step BatchNorm"
+    assert mamlpp(conv4(5, hidden=8), per_step_bn=False).describe()["adapted"] == "all"
+    assert maml(conv4(5, hidden=8)).describe()["adapted"] == "all"
+    assert anil(conv4(5, hidden=8)).describe()["adapted"] == "head"

@@ -280,3 +280,26 @@ def test_a_setting_added_to_describe_since_the_checkpoint_is_not_a_different_run
     save_checkpoint(path, state)
     meta_train(sine(), SinusoidTasks(5, seed=0), steps=4, meta_batch=2, checkpoint=path, progress=False)
     assert load_checkpoint(path)["step"] == 4
+
+
+def test_a_mamlpp_checkpoint_that_says_it_adapts_the_head_resumes(tmp_path):
+    """Earlier versions labelled MAML++ as adapting its head (it adapts every weight but the per-step BatchNorm ones);
+    their checkpoints are the same run. Any other change of that label is still a different run."""
+    from metalib.algorithms import mamlpp
+    from metalib.tasks import EpisodeSampler
+
+    images = torch.randint(0, 255, (10, 20, 28, 28), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    sampler = EpisodeSampler(images, ways=5, shots=1, queries=2, seed=0)
+    make = lambda: mamlpp(conv4(5, hidden=8, seed=0), steps=1)  # noqa: E731
+    path = tmp_path / "run.pt"
+    meta_train(make(), sampler, steps=2, meta_batch=2, checkpoint=path, progress=False)
+    state = load_checkpoint(path)
+    state["settings"]["adapted"] = "head"  # as the earlier label
+    save_checkpoint(path, state)
+    meta_train(make(), sampler, steps=3, meta_batch=2, checkpoint=path, progress=False)
+    assert load_checkpoint(path)["step"] == 3
+    state = load_checkpoint(path)
+    state["settings"]["adapted"] = "all"
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError, match="adapted: checkpoint 'all', now 'all but the per-step BatchNorm'"):
+        meta_train(make(), sampler, steps=4, meta_batch=2, checkpoint=path, progress=False)

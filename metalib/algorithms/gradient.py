@@ -112,7 +112,16 @@ class GradientMetaLearner(MetaLearner):
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "inner_steps": self.inner.steps, "inner_lr": self.inner.lr,
                 "first_order": self.inner.first_order, "learned_lr": len(self.inner_lrs) > 0,
-                "adapted": "head" if self.inner.adapt_only is not None else "all"}
+                "adapted": self._adapted()}
+
+    def _adapted(self) -> str:
+        """Which weights the inner loop adapts: "all", "head" (ANIL), or "all" beside per-step ones (MAML++'s
+        BatchNorm weights, chosen by the inner step rather than adapted)."""
+        only, per_step = self.inner.adapt_only, set(self.inner.per_step)
+        own = [k for k, _ in self.model.named_parameters() if k not in per_step]
+        if only is None or set(own) <= set(only):
+            return "all but the per-step BatchNorm" if per_step else "all"
+        return "head" if all(k.startswith("head.") for k in only) else ", ".join(only)
 
 
 def _linear_head(model: nn.Module, who: str) -> None:
