@@ -243,3 +243,18 @@ def test_export_ships_one_pretraining_that_every_transfer_method_shares(tmp_path
     learner = load_pretrained("simpleshot-omniglot")
     assert learner.name == "simpleshot" and learner.feature_mean.abs().sum() > 0
     assert torch.equal(learner.model.features[0].weight, load_pretrained("baseline-omniglot").model.features[0].weight)
+
+
+def test_benchmarks_md_carries_every_shipped_models_curve_as_the_manifests_say():
+    """BENCHMARKS.md's table of accuracy against training time is generated from the manifests; shipping, dropping or
+    re-exporting a model without regenerating it (python benchmarks/zoo_curves.py --write) fails here."""
+    from metalib.pretrained.report import MARKERS, curves_markdown, time_to_accuracy
+
+    text = (Path(__file__).resolve().parent.parent / "BENCHMARKS.md").read_text(encoding="utf-8")
+    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
+    assert 0 <= start < end, "BENCHMARKS.md lost the markers of the generated curve table"
+    assert text[start:end + len(MARKERS[1])] == curves_markdown(), "run: python benchmarks/zoo_curves.py --write"
+    table = time_to_accuracy()
+    assert set(table["model"]) == set(MODELS)
+    assert ((table["near_accuracy"] >= [s[-1][1] - 0.005 for s in table["snapshots"]])
+            & (table["near_cpu_min"] <= [s[-1][0] for s in table["snapshots"]])).all()

@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         torch_save_atomic(ZOO / f"{a.recipe}.pt", weights, "model file")
     info["sha256"] = file_sha256(ZOO / f"{trained}.pt")
     write_atomic(ZOO / f"{a.recipe}.json", json.dumps(info, indent=1) + "\n", "manifest")
-    print(f"wrote {ZOO / a.recipe}.json" + ("" if recipe.weights else " and .pt"))
+    print(f"wrote {ZOO / a.recipe}.json" + ("" if recipe.weights else " and .pt") + "; next: python "
+          "benchmarks/zoo_curves.py --write (BENCHMARKS.md's curve table, which tests/test_pretrained.py checks)")
     return 0
 
 
