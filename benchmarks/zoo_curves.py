@@ -18,9 +18,11 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--write", action="store_true", help=f"replace the table in {BENCHMARKS.name}")
-    p.add_argument("--within", type=float, default=0.005, help="'near the end': within this fraction of the last "
-                   "snapshot's accuracy (default 0.005, half a point)")
+    p.add_argument("--within", type=float, default=0.005, help="'near the end': an accuracy at most this far below "
+                   "the last snapshot's (default 0.005, half a point; the table in BENCHMARKS.md uses the default)")
     a = p.parse_args(argv)
+    if a.write and a.within != 0.005:
+        p.error("--write writes the table BENCHMARKS.md describes (half a point); print other tables without --write")
     block = curves_markdown(a.within)
     if not a.write:
         print(block)

@@ -278,6 +278,7 @@ def _common(saved: dict | None, now: dict) -> tuple[dict | None, dict]:
         return None, now
     saved = {k: _RENAMED.get(v, v) if k == "algorithm" else v for k, v in saved.items()}
     keys = set(saved) & set(now)
-    saved = {k: now[k] if isinstance(now[k], str) and _RELABELLED.get(k, {}).get(now[k]) == saved[k] else saved[k]
+    relabelled = _RELABELLED if saved.get("algorithm") == "mamlpp" else {}
+    saved = {k: now[k] if isinstance(now[k], str) and relabelled.get(k, {}).get(now[k]) == saved[k] else saved[k]
              for k in keys}
     return saved, {k: now[k] for k in keys}

@@ -254,7 +254,22 @@ def test_benchmarks_md_carries_every_shipped_models_curve_as_the_manifests_say()
     start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
     assert 0 <= start < end, "BENCHMARKS.md lost the markers of the generated curve table"
     assert text[start:end + len(MARKERS[1])] == curves_markdown(), "run: python benchmarks/zoo_curves.py --write"
-    table = time_to_accuracy()
-    assert set(table["model"]) == set(MODELS)
-    assert ((table["near_accuracy"] >= [s[-1][1] - 0.005 for s in table["snapshots"]])
-            & (table["near_cpu_min"] <= [s[-1][0] for s in table["snapshots"]])).all()
+    assert set(time_to_accuracy()["model"]) == set(MODELS)
+
+
+def test_time_to_accuracy_reads_a_curve_as_its_columns_say(own_zoo):
+    """Near the end: the first snapshot within half a point of the last; the second half: from the snapshot nearest
+    the middle of the run's steps (of two as near, the later one), not of its last snapshot's."""
+    from metalib.pretrained.report import time_to_accuracy
+
+    path = own_zoo / "fomaml-omniglot-5w1s.json"
+    info = json.loads(path.read_text())
+    info["steps"] = 1000
+    info["curve"]["points"] = [{"step": step, "time_s": 60.0 * step, "cpu_s": 6.0 * step, "mean": mean, "ci95": 0.01}
+                               for step, mean in ((1000, 0.96), (200, 0.8), (400, 0.9), (600, 0.956))]
+    path.write_text(json.dumps(info))
+    row = time_to_accuracy().set_index("model").loc["fomaml-omniglot-5w1s"]
+    assert (row["near_step"], row["near_cpu_min"], row["near_accuracy"]) == (600, 60.0, 0.956)
+    assert row["second_half_gain"] == pytest.approx(0.96 - 0.956)
+    assert [a for _, a in row["snapshots"]] == [0.8, 0.9, 0.956, 0.96]
+    assert row["final"] == info["evaluation"][0]["mean"]

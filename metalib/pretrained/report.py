@@ -26,7 +26,8 @@ def time_to_accuracy(within: float = 0.005) -> pd.DataFrame:
         points = sorted(curve["points"], key=lambda p: p["step"])
         last = points[-1]["mean"]
         near = next(p for p in points if p["mean"] >= last - within)
-        half = min(points, key=lambda p: abs(p["step"] - points[-1]["step"] / 2))  # the snapshot nearest mid-run
+        # the snapshot nearest the middle of the run (of two as near, the later one)
+        half = min(points, key=lambda p: (abs(p["step"] - info["steps"] / 2), -p["step"]))
         ways, shots = int(curve["column"].split("w")[0]), int(curve["column"].split("w")[1].rstrip("s"))
         final = next(e for e in info["evaluation"] if (e["ways"], e["shots"]) == (ways, shots))
         rows.append({"model": name, "column": curve["column"], "tasks": curve["tasks"],
