@@ -108,7 +108,8 @@ def test_train_cli_builds_imaml_with_its_settings():
     assert run_settings(a)["proximal"] == 0.5 and "proximal" not in run_settings(parse_args([])[1])
 
 
-def _exact_implicit_gradient(model, theta: dict, batch: TaskBatch, lam: float, hessian_at: str = "phi") -> dict:
+def _exact_implicit_gradient(model, theta: dict, batch: TaskBatch, lam: float, hessian_at: str = "phi",
+                             damping: float = 0.0) -> dict:
     """Independent of metalib's inner loop: per task, solve the proximal problem by Newton's method to machine
     precision, then g = (I + H / lam)^-1 grad L_query(phi*) with the full Hessian H taken at phi* (or, to show that
     the test can tell, at theta)."""
@@ -130,7 +131,7 @@ def _exact_implicit_gradient(model, theta: dict, batch: TaskBatch, lam: float, h
         assert torch.autograd.functional.jacobian(prox, phi).abs().max() < 1e-12
         h = torch.autograd.functional.hessian(support, phi if hessian_at == "phi" else start)
         eye = torch.eye(len(phi), dtype=phi.dtype)
-        total += torch.linalg.solve(eye + h / lam, torch.autograd.functional.jacobian(query, phi))
+        total += torch.linalg.solve(eye + h / (lam + damping), torch.autograd.functional.jacobian(query, phi))
     return unflat(total / batch.support_x.shape[0])
 
 
@@ -152,6 +153,29 @@ def test_implicit_meta_gradient_matches_an_exact_solve_on_a_smooth_non_linear_mo
         torch.testing.assert_close(grads[k], exact[k], rtol=1e-7, atol=1e-9)
     wrong = _exact_implicit_gradient(model, theta, batch, LAM, hessian_at="theta")
     assert max((wrong[k] - exact[k]).abs().max().item() for k in exact) > 1e-4  # the test can tell the two apart
+
+
+def test_cg_damping_weights_the_identity_in_the_implicit_gradient_only():
+    """``cg_damping`` d: the same inner solution (the proximal weight stays lambda), and g = (I + H / (lambda + d))^-1
+    grad L_query(phi*) against an exact solve; the authors' code damps its system so (issue 30)."""
+    model = mlp((D, 5, 1), seed=0).double()
+    model.features[1] = torch.nn.Tanh()
+    g = torch.Generator().manual_seed(1)
+    sx, qx = torch.randn(2, 6, D, generator=g, dtype=torch.float64), torch.randn(2, 6, D, generator=g, dtype=torch.float64)
+    w = torch.randn(2, D, 1, generator=g, dtype=torch.float64)
+    batch = TaskBatch(sx, torch.sin(2 * sx @ w), qx, torch.sin(2 * qx @ w))
+    learner = imaml(model, inner_lr=0.1, steps=1500, lam=LAM, cg_steps=30, cg_damping=3.0, problem="regression")
+    theta = {k: v.detach() for k, v in learner.params().items()}
+    grads, metrics = learner.meta_gradient(batch)
+    assert metrics["inner_residual"] < 1e-9 and metrics["cg_residual"] < 1e-8
+    exact = _exact_implicit_gradient(model, theta, batch, LAM, damping=3.0)
+    for k in exact:
+        torch.testing.assert_close(grads[k], exact[k], rtol=1e-7, atol=1e-9)
+    undamped = _exact_implicit_gradient(model, theta, batch, LAM)
+    assert max((undamped[k] - exact[k]).abs().max().item() for k in exact) > 1e-4
+    assert learner.describe()["cg_damping"] == 3.0
+    with pytest.raises(ArgumentError, match="cg_damping must be >= 0"):
+        imaml(mlp((D, 1), seed=0), cg_damping=-1.0)
 
 
 def test_an_unsolved_inner_problem_and_an_indefinite_system_are_reported_and_warned_once():

@@ -92,19 +92,24 @@ def _bcast(per_task: Tensor, like: Tensor) -> Tensor:
 
 class IMAML(GradientMetaLearner):
     """MAML's learner with the implicit meta-gradient; ``lam`` is the proximal weight, ``cg_steps`` the conjugate
-    gradient iterations. Test-time adaptation solves the same regularised inner problem."""
+    gradient iterations, ``cg_damping`` an extra weight of the identity in the implicit gradient only (it solves
+    ``(I + H / (lam + cg_damping)) g = grad``; 0 is the paper's equation). Test-time adaptation solves the same
+    regularised inner problem."""
 
-    def __init__(self, model: nn.Module, inner: InnerConfig, *, cg_steps: int = 5):
+    def __init__(self, model: nn.Module, inner: InnerConfig, *, cg_steps: int = 5, cg_damping: float = 0.0):
         if inner.proximal <= 0:
             raise ArgumentError(f"iMAML needs a proximal weight lam > 0, got {inner.proximal}")
         if cg_steps < 1:
             raise ArgumentError(f"cg_steps must be >= 1, got {cg_steps}")
+        if not cg_damping >= 0:
+            raise ArgumentError(f"cg_damping must be >= 0, got {cg_damping}")
         super().__init__(model, inner, name="imaml")
-        self.cg_steps = cg_steps
+        self.cg_steps, self.cg_damping = cg_steps, float(cg_damping)
         self._warned: dict[str, bool] = {}
 
     def meta_gradient(self, batch: TaskBatch) -> tuple[Params, dict[str, float]]:
         lam, problem = self.inner.proximal, self.problem
+        curvature = lam + self.cg_damping  # the implicit gradient's weight of the identity against H
         theta = {k: v.detach() for k, v in self.params().items()}
         with torch.no_grad():  # the inner solution: no graph, whatever the number of steps
             phi = adapt(self.model, theta, batch, replace(self.inner, first_order=True, adapt_only=None))
@@ -116,9 +121,9 @@ class IMAML(GradientMetaLearner):
             support = problem.task_loss(forward_adapted(self.model, phi, batch.support_x, True), batch.support_y)
             g = torch.autograd.grad(support.sum(), list(phi.values()), create_graph=True)
 
-            def matvec(p: Params) -> Params:  # (I + H / lam) p, per task
+            def matvec(p: Params) -> Params:  # (I + H / (lam + cg_damping)) p, per task
                 hp = torch.autograd.grad(g, list(phi.values()), grad_outputs=[p[k] for k in phi], retain_graph=True)
-                return {k: p[k] + h / lam for k, h in zip(phi, hp)}
+                return {k: p[k] + h / curvature for k, h in zip(phi, hp)}
             cg: dict = {}
             x = batched_cg(matvec, v, self.cg_steps, info=cg)
             # how far the inner problem is from solved: the proximal gradient at phi against its value at theta
@@ -150,19 +155,20 @@ class IMAML(GradientMetaLearner):
             self._warned["indefinite"] = True
             warnings.warn(f"iMAML: I + H / lambda is not positive definite for {indefinite:.0%} of the tasks (a Hessian "
                           f"eigenvalue below -lambda); conjugate gradient stopped early for them; raise lambda "
-                          f"(history column train_cg_indefinite)", stacklevel=3)
+                          f"or cg_damping (history column train_cg_indefinite)", stacklevel=3)
 
     def describe(self) -> dict[str, object]:
-        return {**super().describe(), "lambda": self.inner.proximal, "cg_steps": self.cg_steps}
+        return {**super().describe(), "lambda": self.inner.proximal, "cg_steps": self.cg_steps,
+                "cg_damping": self.cg_damping}
 
 
 def imaml(model: nn.Module, *, inner_lr: float = 0.1, steps: int = 5, lam: float = 1.0, cg_steps: int = 5,
-          problem: str | Problem = "classification", strategy: str = "auto") -> IMAML:
+          cg_damping: float = 0.0, problem: str | Problem = "classification", strategy: str = "auto") -> IMAML:
     """iMAML: ``steps`` SGD steps of size ``inner_lr`` on the support loss plus ``lam / 2 |phi - theta|^2``, and
     the implicit meta-gradient by ``cg_steps`` conjugate-gradient iterations."""
     cfg = InnerConfig(steps=steps, lr=inner_lr, first_order=True, strategy=strategy, problem=get_problem(problem),
                       proximal=lam)
-    return IMAML(model, cfg, cg_steps=cg_steps)
+    return IMAML(model, cfg, cg_steps=cg_steps, cg_damping=cg_damping)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,10 +178,12 @@ class IMAMLSettings(InnerLoopSettings):
     proximal: float = setting(1.0, "iMAML: lambda of the proximal term lambda/2 |phi - theta|^2 of the inner problem",
                               low=0, strict=True)
     cg_steps: int = setting(5, "iMAML: conjugate-gradient iterations of the implicit gradient", low=1)
+    cg_damping: float = setting(0.0, "iMAML: added to lambda in the implicit gradient only, which then solves "
+                                "(I + H / (lambda + cg_damping)) g = grad; 0: the paper's equation", low=0)
 
 
 register(LearnerSpec(
     "imaml", IMAMLSettings,
     lambda model, s, ctx: imaml(model, inner_lr=s.inner_lr, steps=s.inner_steps, lam=s.proximal, cg_steps=s.cg_steps,
-                                problem=ctx.problem, strategy=ctx.strategy),
+                                cg_damping=s.cg_damping, problem=ctx.problem, strategy=ctx.strategy),
     "iMAML: the implicit meta-gradient by conjugate gradient on Hessian-vector products"))
