@@ -1,7 +1,7 @@
 """Every shipped model's accuracy against training time, from the manifests (no computation): prints the markdown
 table that BENCHMARKS.md carries, or with ``--write`` replaces that table in BENCHMARKS.md.
 
-    python benchmarks/zoo_curves.py [--write] [--within 0.005]
+    python benchmarks/zoo_curves.py [--write]
 """
 from __future__ import annotations
 
@@ -18,12 +18,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--write", action="store_true", help=f"replace the table in {BENCHMARKS.name}")
-    p.add_argument("--within", type=float, default=0.005, help="'near the end': an accuracy at most this far below "
-                   "the last snapshot's (default 0.005, half a point; the table in BENCHMARKS.md uses the default)")
     a = p.parse_args(argv)
-    if a.write and a.within != 0.005:
-        p.error("--write writes the table BENCHMARKS.md describes (half a point); print other tables without --write")
-    block = curves_markdown(a.within)
+    block = curves_markdown()
     if not a.write:
         print(block)
         return

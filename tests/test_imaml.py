@@ -135,15 +135,20 @@ def _exact_implicit_gradient(model, theta: dict, batch: TaskBatch, lam: float, h
     return unflat(total / batch.support_x.shape[0])
 
 
+def _tanh_net_and_tasks(seed: int) -> tuple[torch.nn.Module, TaskBatch]:
+    """A float64 tanh network (its Hessian moves with the weights) and two sine-regression tasks."""
+    model = mlp((D, 5, 1), seed=0).double()
+    model.features[1] = torch.nn.Tanh()
+    g = torch.Generator().manual_seed(seed)
+    sx, qx = torch.randn(2, 6, D, generator=g, dtype=torch.float64), torch.randn(2, 6, D, generator=g, dtype=torch.float64)
+    w = torch.randn(2, D, 1, generator=g, dtype=torch.float64)
+    return model, TaskBatch(sx, torch.sin(2 * sx @ w), qx, torch.sin(2 * qx @ w))
+
+
 def test_implicit_meta_gradient_matches_an_exact_solve_on_a_smooth_non_linear_model():
     """The linear cases above have a constant Hessian, so a Hessian taken at theta instead of phi* passed them; a tanh
     network's Hessian moves with the weights, and the exact solve below takes it at phi*."""
-    model = mlp((D, 5, 1), seed=0).double()
-    model.features[1] = torch.nn.Tanh()
-    g = torch.Generator().manual_seed(0)
-    sx, qx = torch.randn(2, 6, D, generator=g, dtype=torch.float64), torch.randn(2, 6, D, generator=g, dtype=torch.float64)
-    w = torch.randn(2, D, 1, generator=g, dtype=torch.float64)
-    batch = TaskBatch(sx, torch.sin(2 * sx @ w), qx, torch.sin(2 * qx @ w))
+    model, batch = _tanh_net_and_tasks(seed=0)
     learner = imaml(model, inner_lr=0.1, steps=1500, lam=LAM, cg_steps=30, problem="regression")
     theta = {k: v.detach() for k, v in learner.params().items()}
     grads, metrics = learner.meta_gradient(batch)
@@ -158,12 +163,7 @@ def test_implicit_meta_gradient_matches_an_exact_solve_on_a_smooth_non_linear_mo
 def test_cg_damping_weights_the_identity_in_the_implicit_gradient_only():
     """``cg_damping`` d: the same inner solution (the proximal weight stays lambda), and g = (I + H / (lambda + d))^-1
     grad L_query(phi*) against an exact solve; the authors' code damps its system so (issue 30)."""
-    model = mlp((D, 5, 1), seed=0).double()
-    model.features[1] = torch.nn.Tanh()
-    g = torch.Generator().manual_seed(1)
-    sx, qx = torch.randn(2, 6, D, generator=g, dtype=torch.float64), torch.randn(2, 6, D, generator=g, dtype=torch.float64)
-    w = torch.randn(2, D, 1, generator=g, dtype=torch.float64)
-    batch = TaskBatch(sx, torch.sin(2 * sx @ w), qx, torch.sin(2 * qx @ w))
+    model, batch = _tanh_net_and_tasks(seed=1)
     learner = imaml(model, inner_lr=0.1, steps=1500, lam=LAM, cg_steps=30, cg_damping=3.0, problem="regression")
     theta = {k: v.detach() for k, v in learner.params().items()}
     grads, metrics = learner.meta_gradient(batch)

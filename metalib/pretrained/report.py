@@ -28,8 +28,7 @@ def time_to_accuracy(within: float = 0.005) -> pd.DataFrame:
         near = next(p for p in points if p["mean"] >= last - within)
         # the snapshot nearest the middle of the run (of two as near, the later one)
         half = min(points, key=lambda p: (abs(p["step"] - info["steps"] / 2), -p["step"]))
-        ways, shots = int(curve["column"].split("w")[0]), int(curve["column"].split("w")[1].rstrip("s"))
-        final = next(e for e in info["evaluation"] if (e["ways"], e["shots"]) == (ways, shots))
+        final = next(e for e in info["evaluation"] if f"{e['ways']}w{e['shots']}s" == curve["column"])
         rows.append({"model": name, "column": curve["column"], "tasks": curve["tasks"],
                      "snapshots": [(p["cpu_s"] / 60, p["mean"]) for p in points],
                      "near_step": near["step"], "near_cpu_min": near["cpu_s"] / 60, "near_accuracy": near["mean"],
