@@ -232,7 +232,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                "inner rate 0.05) with Rajeswaran et al.'s 20-way 25 inner steps, at training and at test, and one "
                "query per class (Finn et al.'s 20-way episodes). A meta-batch of 8 costs about 9 s on one core of 2 "
                "(8 steps with a small validation in 80 CPU-s), so 600 cosine-annealed steps fit about 90 minutes "
-               "beside another run, where their code trains 20 000: a budget run, far short of the paper's."),
+               "beside another run, where their code trains 20 000. Not shipped: gradient descent does not solve the "
+               "20-way inner problem (25 steps leave the proximal gradient at 15-19% of its start at the "
+               "initialisation, 1-2% at 5 ways); in training it grew to 51% by step 200 and 92% by step 400 while "
+               "validation fell from 43.8 to 40.2%, and no rate from 0.01 to 0.1 or up to 200 steps did better "
+               "than 50% at the step-200 weights (BENCHMARKS.md)."),
     Recipe("metasgd-omniglot-5w1s", "metasgd", ways=5, shots=1, queries=5, steps=3000, meta_batch=32, outer_lr=1e-3,
            lr_schedule="cosine", lr_min=1e-5, eval_steps=1,
            learner=MAMLSettings(inner_lr=0.4, inner_steps=1),
