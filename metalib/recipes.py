@@ -147,14 +147,6 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                "the 5-way inner loop (one step at 0.4 instead of their 5 steps at 0.1, a fifth of the cost) and "
                "3 test steps: a step costs 1.5 s on 2 CPU cores (2.5 s with 5 queries), so 3500 "
                "cosine-annealed steps fit in about 1.5 hours, where Finn et al. train 60 000."),
-    Recipe("maml-omniglot-20w5s", "maml", ways=20, shots=5, queries=5, steps=900, meta_batch=8, outer_lr=1e-3,
-           lr_schedule="cosine", lr_min=1e-5, eval_steps=3, tests=((20, 5),), val_every=300, snapshot_every=300,
-           learner=MAMLSettings(inner_lr=0.4, inner_steps=1),
-           published={"20w5s": _MAML_PAPER["20w5s"]},
-           why="The 5-way 5-shot MAML recipe at 20 ways (5 queries per class, as Finn et al.'s code draws K support "
-               "and K query images per class: 200 images per task) with meta-batch 8 instead of their 16: a "
-               "meta-batch of 16 cost 11 s on one core of 2 (12 steps in 139 CPU-s), so 900 cosine-annealed steps "
-               "of 8 fit about 85 minutes beside another run, where Finn et al. train 60 000 steps of 16."),
     Recipe("fomaml-omniglot-5w1s", "fomaml", ways=5, shots=1, queries=5, steps=2500, meta_batch=32, outer_lr=1e-3,
            lr_schedule="cosine", lr_min=1e-5, eval_steps=10,
            learner=MAMLSettings(inner_lr=0.1, inner_steps=5),
@@ -223,20 +215,6 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                "rate is 0.05. Their code also takes the 16 steps "
                "on the support loss alone, then one proximal pull-back step, and adapts with lambda 0 at test; "
                "metalib solves the paper's proximal problem at training and at test."),
-    Recipe("imaml-omniglot-20w1s", "imaml", ways=20, shots=1, queries=1, steps=600, meta_batch=8, outer_lr=1e-3,
-           lr_schedule="cosine", lr_min=1e-5, eval_steps=25, tests=((20, 1),), val_every=200, snapshot_every=200,
-           learner=IMAMLSettings(inner_lr=0.05, inner_steps=25, proximal=2.0, cg_steps=5, cg_damping=22.0),
-           published={"20w1s": "94.46 +/- 0.42"},
-           why="The 5-way 1-shot iMAML recipe (gradient descent as the inner solver, their row 'iMAML, GD': 94.46 +/- "
-               "0.42 at 20-way 1-shot; lambda 2, 5 conjugate-gradient iterations damped as their code damps them, "
-               "inner rate 0.05) with Rajeswaran et al.'s 20-way 25 inner steps, at training and at test, and one "
-               "query per class (Finn et al.'s 20-way episodes). A meta-batch of 8 costs about 9 s on one core of 2 "
-               "(8 steps with a small validation in 80 CPU-s), so 600 cosine-annealed steps fit about 90 minutes "
-               "beside another run, where their code trains 20 000. Not shipped: gradient descent does not solve the "
-               "20-way inner problem (25 steps leave the proximal gradient at 15-19% of its start at the "
-               "initialisation, 1-2% at 5 ways); in training it grew to 51% by step 200 and 92% by step 400 while "
-               "validation fell from 43.8 to 40.2%, and no rate from 0.01 to 0.1 or up to 200 steps did better "
-               "than 50% at the step-200 weights (BENCHMARKS.md)."),
     Recipe("metasgd-omniglot-5w1s", "metasgd", ways=5, shots=1, queries=5, steps=3000, meta_batch=32, outer_lr=1e-3,
            lr_schedule="cosine", lr_min=1e-5, eval_steps=1,
            learner=MAMLSettings(inner_lr=0.4, inner_steps=1),
@@ -373,6 +351,29 @@ RECIPES["reptile-omniglot-5w1s-14k"] = replace(
     snapshot_every=1000,
     why="reptile-omniglot-5w1s over 14 000 cosine-annealed steps instead of 7000 (about two hours on one core of 2; "
         "the paper trains 100 000), everything else unchanged: 7000 gave 94.88 +/- 0.44 transductive.")
+
+# two recipes at 20 ways, each its 5-way parent with the episodes, budget and (iMAML) inner steps of the 20-way row
+RECIPES["maml-omniglot-20w5s"] = replace(
+    RECIPES["maml-omniglot-5w5s"], name="maml-omniglot-20w5s", ways=20, steps=900, meta_batch=8, tests=((20, 5),),
+    val_every=300, snapshot_every=300, published={"20w5s": _MAML_PAPER["20w5s"]},
+    why="The 5-way 5-shot MAML recipe at 20 ways (5 queries per class, as Finn et al.'s code draws K support "
+        "and K query images per class: 200 images per task) with meta-batch 8 instead of their 16: a "
+        "meta-batch of 16 cost 11 s on one core of 2 (12 steps in 139 CPU-s), so 900 cosine-annealed steps "
+        "of 8 fit about 85 minutes beside another run, where Finn et al. train 60 000 steps of 16.")
+RECIPES["imaml-omniglot-20w1s"] = replace(
+    RECIPES["imaml-omniglot-5w1s"], name="imaml-omniglot-20w1s", ways=20, queries=1, steps=600, eval_steps=25,
+    tests=((20, 1),), val_every=200, snapshot_every=200, published={"20w1s": "94.46 +/- 0.42"},
+    learner=replace(RECIPES["imaml-omniglot-5w1s"].learner, inner_steps=25),
+    why="The 5-way 1-shot iMAML recipe (gradient descent as the inner solver, their row 'iMAML, GD': 94.46 +/- "
+        "0.42 at 20-way 1-shot; lambda 2, 5 conjugate-gradient iterations damped as their code damps them, "
+        "inner rate 0.05) with Rajeswaran et al.'s 20-way 25 inner steps, at training and at test, and one "
+        "query per class (Finn et al.'s 20-way episodes). A meta-batch of 8 costs about 9 s on one core of 2 "
+        "(8 steps with a small validation in 80 CPU-s), so 600 cosine-annealed steps fit about 90 minutes "
+        "beside another run, where their code trains 20 000. Not shipped: gradient descent does not solve the "
+        "20-way inner problem (25 steps leave the proximal gradient at 15-19% of its start at the "
+        "initialisation, 1-2% at 5 ways); in training it grew to 51% by step 200 and 92% by step 400 while "
+        "validation fell from 43.8 to 40.2%, and no rate from 0.01 to 0.1 or up to 200 steps did better "
+        "than 50% at the step-200 weights (BENCHMARKS.md).")
 
 # The natural-image benchmarks: ready to run where the data and a GPU are; none has been run on this project's
 # 2-core CPU machines (no natural-image data can be downloaded there, and one ResNet-12 meta-step at 84x84 takes
